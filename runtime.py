@@ -1,0 +1,167 @@
+"""What every stage script shares: input checks, output-dir safety, logging/wandb, model set-up.
+
+Stage scripts (`sft.py`, `dpo.py`, `softmax_dpo.py`, `inference.py`) stay thin: they parse flags with
+fire, call `check_*` before anything heavy is loaded, then build data and models through here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import data_interface as di
+import models
+
+logger = logging.getLogger("sdpo")
+FINAL_CHECKPOINT = "final_checkpoint"
+
+
+class UsageError(ValueError):
+    """A bad flag value; reported as one line."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "urllib3", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(function) -> None:
+    """Run a stage's fire CLI; bad input ends with one `error:` line and exit code 1, no traceback."""
+    import fire
+
+    setup_logging()
+    try:
+        fire.Fire(function, serialize=lambda result: None)
+    except (di.DataError, UsageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, finished_marker: str) -> Path:
+    """Refuse an output dir that already holds a finished run (its `finished_marker` exists)."""
+    output_dir = Path(output_dir)
+    if (output_dir / finished_marker).exists() and not overwrite:
+        raise UsageError(
+            f"{output_dir}: holds a finished run ({finished_marker} exists); "
+            "pass --overwrite_output_dir to replace it or choose another --output_dir"
+        )
+    return output_dir
+
+
+def check_checkpoint(path: str | None, flag: str = "resume_from_checkpoint") -> None:
+    if path and not Path(path).exists():
+        raise UsageError(f"{path}: --{flag} does not exist")
+
+
+def report_to(wandb_project: str, wandb_name: str, logging_dir: str | None = None) -> list[str]:
+    """wandb when a project is given (offline unless WANDB_MODE says otherwise), else no logger.
+
+    `logging_dir` is where wandb writes its run files (transformers 5 has no `logging_dir` argument).
+    """
+    if logging_dir:
+        os.environ["WANDB_DIR"] = str(logging_dir)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
+        Path(logging_dir).mkdir(parents=True, exist_ok=True)
+    if not wandb_project:
+        return []
+    os.environ["WANDB_PROJECT"] = wandb_project
+    os.environ.setdefault("WANDB_MODE", "offline")
+    if wandb_name:
+        os.environ["WANDB_NAME"] = wandb_name
+    return ["wandb"]
+
+
+def device_training_arguments() -> dict:
+    """TrainingArguments that differ by device: bf16 and gradient checkpointing on CUDA, fp32 on CPU."""
+    on_cuda = models.compute_device() == "cuda"
+    return {
+        "bf16": on_cuda,
+        "fp16": False,
+        "gradient_checkpointing": on_cuda,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if on_cuda else None,
+        "ddp_find_unused_parameters": False if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
+        "dataloader_num_workers": 0,
+    }
+
+
+def training_schedule_arguments(eval_step: int, run_name: str | None, report: list[str]) -> dict:
+    """Evaluation/saving every `eval_step` steps, keeping the best checkpoint by eval loss."""
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": eval_step,
+        "save_strategy": "steps",
+        "save_steps": eval_step,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "logging_steps": max(1, min(10, eval_step)),
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,  # a float below 1 is a ratio of the total steps
+        "max_grad_norm": 0.3,
+        "report_to": report,
+        "run_name": run_name,
+        "remove_unused_columns": False,
+    }
+
+
+@dataclass
+class StageData:
+    """Validated records of a run and its templates."""
+
+    files: di.DataFiles
+    templates: list[str]
+    train: list[di.Record] | None = None
+    val: list[di.Record] | None = None
+    test: list[di.Record] | None = None
+
+
+def load_stage_data(splits: Sequence[str], dataset: str | None, train_file: str | None = None,
+                    val_file: str | None = None, test_file: str | None = None,
+                    prompt_path: str | None = None) -> StageData:
+    """Resolve, read and validate the splits a stage needs and its prompt templates."""
+    files = di.resolve_data_files(dataset, train_file, val_file, test_file, prompt_path, splits)
+    data = StageData(files=files, templates=di.load_templates(files.prompt))
+    for split in splits:
+        setattr(data, split, di.load_records(getattr(files, split)))
+    return data
+
+
+def tiny_corpus(data: StageData, seed: int) -> tuple[list[str], list[str]]:
+    """Text and item names the tiny tokenizer is trained on: the training prompts and every item name."""
+    records = [r for split in (data.train, data.val, data.test) if split for r in split]
+    texts = [row["prompt"] + row["completion"] for row in di.build_sft_rows(records[:4000], data.templates, seed)]
+    names = {name for r in records for name in (*r.history, *r.candidates)}
+    return texts, sorted(names)
+
+
+def base_model_path(model_name: str, checkpoint: str | None, data: StageData, seed: int) -> str:
+    """Folder of the base model; for `tiny` after SFT, the base the SFT adapter was trained on."""
+    if model_name == models.TINY and checkpoint:
+        adapter_config = Path(checkpoint) / "adapter_config.json"
+        if adapter_config.exists():
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+            if base and Path(base, "config.json").exists():
+                return base
+    return models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name == models.TINY else None)
+
+
+def tokenizer_path(base: str, checkpoint: str | None) -> str:
+    """The tokenizer saved with a checkpoint if any, else the base model's."""
+    if checkpoint and (Path(checkpoint) / "tokenizer_config.json").exists():
+        return checkpoint
+    return base
+
+
+def save_json(path: Path, payload: dict) -> None:
+    """Write JSON through a temporary file so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)

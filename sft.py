@@ -1,0 +1,100 @@
+"""Stage 1: supervised fine-tuning with LoRA, loss on the completion (the item name + EOS) only.
+
+    python sft.py --model_name tiny --dataset synthetic --output_dir outputs/sft          # CPU
+    torchrun --nproc_per_node 4 sft.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
+        --batch_size 4 --gradient_accumulation_steps 8 --num_train_epochs 5 --output_dir outputs/sft
+
+Writes checkpoints every `eval_step` steps, keeps the best by eval loss, and saves the final adapter
+and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
+True for the latest in output_dir) continues a killed run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import data_interface as di
+import models
+import runtime
+
+logger = logging.getLogger("sdpo.sft")
+
+
+def train(
+    model_name: str = "tiny",
+    dataset: str = "synthetic",
+    train_file: str | None = None,
+    val_file: str | None = None,
+    prompt_path: str | None = None,
+    output_dir: str = "outputs/sft",
+    overwrite_output_dir: bool = False,
+    resume_from_checkpoint: str | bool | None = None,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    learning_rate: float = 1e-3,
+    num_train_epochs: float = 1.0,
+    max_steps: int = -1,
+    cutoff_len: int = 512,
+    eval_step: int = 50,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = 200,
+    lora_r: int = 8,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    load_in_4bit: bool = True,
+    logging_dir: str | None = None,
+    wandb_project: str = "",
+    wandb_name: str = "",
+    seed: int = 0,
+) -> str:
+    """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
+    output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
+    if isinstance(resume_from_checkpoint, str):
+        runtime.check_checkpoint(resume_from_checkpoint)
+    data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
+    train_records = data.train[:max_train_samples] if max_train_samples else data.train
+    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(seed)
+    base = runtime.base_model_path(model_name, None, data, seed)
+    tokenizer = models.load_tokenizer(base)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
+
+    def tokenized(records):
+        rows = di.build_sft_rows(records, data.templates, seed)
+        return Dataset.from_list([di.tokenize_sft_row(tokenizer, row, cutoff_len) for row in rows])
+
+    config = SFTConfig(
+        output_dir=str(output),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        max_length=None,  # prompts are already cut from the left by `encode_prompt`
+        seed=seed,
+        **runtime.device_training_arguments(),
+        **runtime.training_schedule_arguments(
+            eval_step, wandb_name or None, runtime.report_to(wandb_project, wandb_name, logging_dir)),
+    )
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    final = output / runtime.FINAL_CHECKPOINT
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    logger.info("saved the SFT adapter and tokenizer to %s", final)
+    return str(final)
+
+
+if __name__ == "__main__":
+    runtime.main(train)

@@ -1,0 +1,116 @@
+"""Stage 2: S-DPO preference alignment from the SFT adapter, with N negatives per prompt.
+
+    python softmax_dpo.py --model_name tiny --dataset synthetic \\
+        --resume_from_checkpoint outputs/sft/final_checkpoint --neg_num 3 --output_dir outputs/sdpo
+    torchrun --nproc_per_node 4 softmax_dpo.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
+        --resume_from_checkpoint outputs/sft/final_checkpoint --batch_size 4 \\
+        --gradient_accumulation_steps 8 --learning_rate 1e-5 --num_train_epochs 3 --output_dir outputs/sdpo
+
+The policy starts from the SFT adapter; the reference is the same SFT adapter, frozen, loaded a
+second time as an adapter on the same base weights (or, with `--precompute_ref_log_probs`, its
+log-probs are computed once before training and the second adapter is dropped). Each prompt is
+encoded once and its 1 + N completions are scored on top of it (`--forward shared`); the
+straightforward 1 + N full copies remain available as `--forward concat`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import data_interface as di
+import models
+import runtime
+
+logger = logging.getLogger("sdpo.softmax_dpo")
+REFERENCE_ADAPTER = "reference"
+
+
+def train(
+    model_name: str = "tiny",
+    resume_from_checkpoint: str | None = None,
+    dataset: str = "synthetic",
+    train_file: str | None = None,
+    val_file: str | None = None,
+    prompt_path: str | None = None,
+    output_dir: str = "outputs/sdpo",
+    overwrite_output_dir: bool = False,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    learning_rate: float = 1e-4,
+    num_train_epochs: float = 1.0,
+    max_steps: int = -1,
+    cutoff_len: int = 512,
+    eval_step: int = 50,
+    beta: float = 1.0,
+    neg_num: int = 3,
+    forward: str = "shared",
+    precompute_ref_log_probs: bool = False,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = 200,
+    load_in_4bit: bool = True,
+    logging_dir: str | None = None,
+    wandb_project: str = "",
+    wandb_name: str = "",
+    seed: int = 0,
+) -> str:
+    """Align the SFT adapter with the softmax-DPO loss; returns the final checkpoint path."""
+    if not resume_from_checkpoint:
+        raise runtime.UsageError("--resume_from_checkpoint must name the SFT adapter (e.g. outputs/sft/final_checkpoint)")
+    runtime.check_checkpoint(resume_from_checkpoint)
+    if forward not in ("shared", "concat"):
+        raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
+    output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
+    data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
+    di.check_neg_num(data.train, neg_num, data.files.train)
+    di.check_neg_num(data.val, neg_num, data.files.val)
+    train_records = data.train[:max_train_samples] if max_train_samples else data.train
+    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from trainer import SoftmaxDPOConfig, SoftmaxDPOTrainer
+
+    set_seed(seed)
+    base = runtime.base_model_path(model_name, resume_from_checkpoint, data, seed)
+    tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, resume_from_checkpoint))
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.load_adapter(model, resume_from_checkpoint, trainable=True)
+    if not precompute_ref_log_probs:
+        model.load_adapter(resume_from_checkpoint, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+
+    def tokenized(records):
+        rows = di.build_preference_rows(records, data.templates, neg_num, seed)
+        return Dataset.from_list([di.tokenize_preference_row(tokenizer, row, cutoff_len) for row in rows])
+
+    config = SoftmaxDPOConfig(
+        output_dir=str(output),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        beta=beta,
+        forward=forward,
+        precompute_ref_log_probs=precompute_ref_log_probs,
+        reference_adapter_name=REFERENCE_ADAPTER,
+        seed=seed,
+        **runtime.device_training_arguments(),
+        **runtime.training_schedule_arguments(
+            eval_step, wandb_name or None, runtime.report_to(wandb_project, wandb_name, logging_dir)),
+    )
+    trainer = SoftmaxDPOTrainer(
+        model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    final = output / runtime.FINAL_CHECKPOINT
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    logger.info("saved the preference-aligned adapter and tokenizer to %s", final)
+    return str(final)
+
+
+if __name__ == "__main__":
+    runtime.main(train)
