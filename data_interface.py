@@ -374,3 +374,22 @@ def recommendation_metrics(predictions: Sequence[str | None], targets: Sequence[
     valid = sum(prediction is not None for prediction in predictions)
     hits = sum(prediction == target for prediction, target in zip(predictions, targets))
     return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}
+
+
+def popularity_predictions(train_records: Sequence[Record], records: Sequence[Record]) -> list[str]:
+    """For each record, the candidate that is most often the true next item in the training split.
+
+    Ties (most often: candidates never seen as a target) go to the earliest in the candidate list,
+    which the data preparation shuffled.
+    """
+    counts: dict[str, int] = {}
+    for record in train_records:
+        counts[record.target] = counts.get(record.target, 0) + 1
+    return [max(record.candidates, key=lambda name: counts.get(name, 0)) for record in records]
+
+
+def random_choice_metrics(records: Sequence[Record]) -> dict:
+    """Expected HR@1 and ValidRatio of naming a uniformly random candidate (exact, not sampled)."""
+    n = len(records)
+    hr = sum(1 / len(record.candidates) for record in records) / n if n else 0.0
+    return {"hr@1": hr, "valid_ratio": 1.0 if n else 0.0, "n": n}

@@ -165,3 +165,8 @@ def save_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def save_run_info(output_dir: Path, flags: dict, seconds: float) -> None:
+    """Record a finished stage's flags and wall time in `output_dir/run_info.json`."""
+    save_json(Path(output_dir) / "run_info.json", {"flags": flags, "seconds": round(seconds, 1)})

@@ -12,6 +12,7 @@ True for the latest in output_dir) continues a killed run.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import data_interface as di
@@ -49,6 +50,7 @@ def train(
     seed: int = 0,
 ) -> str:
     """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
+    flags, start = dict(locals()), time.time()
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     if isinstance(resume_from_checkpoint, str):
         runtime.check_checkpoint(resume_from_checkpoint)
@@ -93,6 +95,7 @@ def train(
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     logger.info("saved the SFT adapter and tokenizer to %s", final)
+    runtime.save_run_info(output, flags, time.time() - start)
     return str(final)
 
 

@@ -16,6 +16,7 @@ straightforward 1 + N full copies remain available as `--forward concat`.
 from __future__ import annotations
 
 import logging
+import time
 
 import data_interface as di
 import models
@@ -54,6 +55,7 @@ def train(
     seed: int = 0,
 ) -> str:
     """Align the SFT adapter with the softmax-DPO loss; returns the final checkpoint path."""
+    flags, start = dict(locals()), time.time()
     if not resume_from_checkpoint:
         raise runtime.UsageError("--resume_from_checkpoint must name the SFT adapter (e.g. outputs/sft/final_checkpoint)")
     runtime.check_checkpoint(resume_from_checkpoint)
@@ -109,6 +111,7 @@ def train(
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     logger.info("saved the preference-aligned adapter and tokenizer to %s", final)
+    runtime.save_run_info(output, flags, time.time() - start)
     return str(final)
 
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Evaluation of each trained stage on the test split (HR@1, ValidRatio). Edit the values below (or set
+# them in the environment); extra flags pass through: bash inference.sh --max_samples 100
+set -euo pipefail
+# ---------------------------------------------------------------- small CPU run  | paper
+MODEL_NAME=${MODEL_NAME:-tiny}                     # meta-llama/Llama-2-7b-hf
+DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
+PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
+OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
+METHODS=${METHODS:-"sft dpo sdpo"}                 # stages under $OUTPUT_ROOT to evaluate
+BATCH_SIZE=${BATCH_SIZE:-32}                       # 16
+MAX_SAMPLES=${MAX_SAMPLES:-500}                    # empty: the whole test split
+CUTOFF_LEN=${CUTOFF_LEN:-512}
+SEED=${SEED:-0}
+# -------------------------------------------------------------------------------------------------
+source "$(dirname "$0")/common.sh"
+for method in $METHODS; do
+    "$PYTHON" inference.py \
+        --base_model "$MODEL_NAME" --resume_from_checkpoint "$OUTPUT_ROOT/$method/final_checkpoint" \
+        --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
+        --output_dir "$OUTPUT_ROOT/eval/$method" --batch_size "$BATCH_SIZE" \
+        ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} --cutoff_len "$CUTOFF_LEN" --seed "$SEED" "$@"
+done

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole method in one command on a CPU: set-up, data, SFT -> DPO -> S-DPO -> inference, results table.
+#   bash quickstart.sh                      # real LastFM (prepared on first use), tiny model
+#   DATASET=synthetic bash quickstart.sh    # offline synthetic data, no raw archive needed
+# Stage hyperparameters are the defaults at the top of sft.sh, dpo.sh, softmax_dpo.sh and inference.sh.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+export DATASET=${DATASET:-lastfm}
+export OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
+start=$(date +%s)
+
+if [ "$DATASET" != synthetic ] && [ ! -f "data/$DATASET/train.json" ]; then
+    # A raw archive beside the checkout (../shared/data/raw/<name>) is used when there is one;
+    # otherwise prepare.py reads $SDPO_RAW_DIR or downloads the official archive.
+    declare -A RAW_NAME=([lastfm]=lastfm-2k [movielens]=ml-100k [goodreads]=goodreads)
+    local_raw="../shared/data/raw/${RAW_NAME[$DATASET]:-$DATASET}"
+    if [ -z "${SDPO_RAW_DIR:-}" ] && [ -d "$local_raw" ]; then
+        python data/prepare.py --dataset "$DATASET" --raw_dir "$local_raw"
+    else
+        python data/prepare.py --dataset "$DATASET"
+    fi
+fi
+
+bash sft.sh --overwrite_output_dir
+bash dpo.sh --overwrite_output_dir
+bash softmax_dpo.sh --overwrite_output_dir
+bash inference.sh --overwrite_output_dir
+python results.py --output_root "$OUTPUT_ROOT" --dataset "$DATASET" --max_samples "${MAX_SAMPLES:-500}"
+echo "quick start finished in $(( $(date +%s) - start )) s"

@@ -1,0 +1,160 @@
+"""Data loading, validation, prompts, negative sampling, tokenization and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import data_interface as di
+
+CANDIDATES = [f"Artist {chr(ord('A') + i)}" for i in range(20)]
+
+
+def record(history="Artist A::Artist B::Artist C", items=None, target="Artist D"):
+    return {"historyList": history, "itemList": items if items is not None else list(CANDIDATES),
+            "trueSelection": target}
+
+
+def write(tmp_path, payload, name="split.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(payload) if not isinstance(payload, str) else payload, encoding="utf-8")
+    return path
+
+
+def test_both_history_forms_load_the_same(tmp_path):
+    joined = di.load_records(write(tmp_path, [record()], "a.json"))
+    listed = di.load_records(write(tmp_path, [record(history=["Artist A", "Artist B", "Artist C"])], "b.json"))
+    assert joined == listed
+    assert joined[0].history == ("Artist A", "Artist B", "Artist C")
+    assert joined[0].target == "Artist D" and len(joined[0].candidates) == 20
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("{not json", "not valid JSON"),
+        ({"historyList": "a"}, "expected a JSON list of records"),
+        ([record(), {"itemList": CANDIDATES, "trueSelection": "Artist D"}], "record 1: missing field 'historyList'"),
+        ([{"historyList": "a::b::c", "trueSelection": "Artist D"}], "record 0: missing field 'itemList'"),
+        ([{"historyList": "a::b::c", "itemList": CANDIDATES}], "record 0: missing field 'trueSelection'"),
+        ([record(target="Nobody")], "record 0: field 'trueSelection' 'Nobody' is not among the candidates"),
+        ([record(items=CANDIDATES[:19] + ["Artist A"])], "record 0: field 'itemList' holds duplicate candidate"),
+        ([record(history="")], "record 0: field 'historyList' is empty"),
+        ([record(history=[])], "record 0: field 'historyList' is empty"),
+    ],
+)
+def test_bad_records_get_one_line_naming_file_record_and_field(tmp_path, payload, message):
+    path = write(tmp_path, payload)
+    with pytest.raises(di.DataError) as error:
+        di.load_records(path)
+    text = str(error.value)
+    assert str(path) in text and message in text and "\n" not in text
+
+
+def test_missing_data_file_is_named(tmp_path):
+    with pytest.raises(di.DataError, match="missing.json: data file not found"):
+        di.load_records(tmp_path / "missing.json")
+
+
+def test_templates_split_strip_comments_and_need_both_placeholders(tmp_path):
+    path = write(tmp_path, "# comment\nA [HistoryHere] B [CansHere]\nAnswer:\n---\n[HistoryHere]|[CansHere] Answer:\n")
+    assert di.load_templates(path) == ["A [HistoryHere] B [CansHere]\nAnswer:", "[HistoryHere]|[CansHere] Answer:"]
+    bad = write(tmp_path, "ok [HistoryHere] [CansHere]\n---\nno candidates [HistoryHere]\n", "bad.txt")
+    with pytest.raises(di.DataError, match=r"bad.txt: template 1 lacks the placeholder \[CansHere\]"):
+        di.load_templates(bad)
+
+
+def test_every_shipped_template_ends_with_the_answer_cue():
+    for domain in ("music", "movies", "books"):
+        templates = di.load_templates(di.PROMPT_ROOT / f"{domain}.txt")
+        assert len(templates) >= 3
+        assert all(template.endswith("Answer:") for template in templates)
+
+
+def test_prompt_and_negatives_are_deterministic_and_record_specific(tmp_path):
+    records = di.load_records(write(tmp_path, [record(), record(history="Artist E::Artist F::Artist G")]))
+    templates = di.load_templates(di.PROMPT_ROOT / "music.txt")
+    first = di.build_preference_rows(records, templates, neg_num=3, seed=7)
+    again = di.build_preference_rows(records, templates, neg_num=3, seed=7)
+    assert first == again
+    sft_rows = di.build_sft_rows(records, templates, seed=7)
+    assert [row["prompt"] for row in sft_rows] == [row["prompt"] for row in first]  # same prompt in every stage
+    for row, rec in zip(first, records):
+        assert row["chosen"] == " " + rec.target
+        rejected = [name.strip() for name in row["rejected"]]
+        assert len(set(rejected)) == 3 and rec.target not in rejected and set(rejected) <= set(rec.candidates)
+        assert '"Artist A", "Artist B", "Artist C"' in row["prompt"] or '"Artist E"' in row["prompt"]
+    seeds = {tuple(di.sample_negatives(records[0], 3, seed)) for seed in range(20)}
+    assert len(seeds) > 1  # the seed matters
+
+
+def test_neg_num_larger_than_non_target_candidates_is_refused(tmp_path):
+    path = write(tmp_path, [record()])
+    records = di.load_records(path)
+    di.check_neg_num(records, 19, path)
+    with pytest.raises(di.DataError, match="record 0: field 'itemList' has 19 non-target candidates, fewer than neg_num=20"):
+        di.check_neg_num(records, 20, path)
+
+
+class CharTokenizer:
+    """A stand-in tokenizer: one id per character, BOS=1, EOS=2."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [ord(ch) + 10 for ch in text]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def test_tokenization_masks_the_prompt_and_ends_with_eos():
+    row = {"prompt": "abcdef Answer:", "completion": " Muse"}
+    encoded = di.tokenize_sft_row(CharTokenizer(), row)
+    n_prompt = 1 + len(row["prompt"])
+    assert encoded["labels"][:n_prompt] == [-100] * n_prompt
+    assert encoded["labels"][n_prompt:] == [ord(ch) + 10 for ch in " Muse"] + [2]
+    assert encoded["input_ids"][n_prompt:] == encoded["labels"][n_prompt:]
+
+
+def test_long_prompts_are_cut_from_the_left_keeping_bos():
+    ids = di.encode_prompt(CharTokenizer(), "0123456789Answer:", max_prompt_length=8)
+    assert ids == [1] + [ord(ch) + 10 for ch in "Answer:"]
+
+
+def test_preference_row_tokenization_puts_the_chosen_first():
+    row = {"prompt": "p:", "chosen": " a", "rejected": [" bb", " c"]}
+    encoded = di.tokenize_preference_row(CharTokenizer(), row)
+    assert encoded["prompt_input_ids"] == [1, ord("p") + 10, ord(":") + 10]
+    assert [len(ids) for ids in encoded["completion_input_ids"]] == [3, 4, 3]
+    assert all(ids[-1] == 2 for ids in encoded["completion_input_ids"])
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("Artist D", "Artist D"),  # the target
+        ("I suggest Artist K.", "Artist K"),  # valid, not the target
+        ("Artist D or Artist E", None),  # two names: invalid
+        ("Nobody at all", None),  # no name: invalid
+    ],
+)
+def test_prediction_of_hand_written_generations(output, expected):
+    assert di.prediction_of(output, CANDIDATES) == expected
+
+
+def test_a_name_inside_a_longer_candidate_name_counts_once():
+    assert di.prediction_of("Muse Revival", ["Muse", "Muse Revival", "Other"]) == "Muse Revival"
+    assert di.prediction_of("Muse", ["Muse", "Muse Revival"]) == "Muse"
+
+
+def test_metrics_divide_by_all_prompts():
+    metrics = di.recommendation_metrics(["a", None, "c", "x"], ["a", "b", "d", "x"])
+    assert metrics == {"hr@1": 0.5, "valid_ratio": 0.75, "n": 4}
+
+
+def test_popularity_and_random_reference_points(tmp_path):
+    train = [di.Record(("h",), ("x", "y", "z"), "y"), di.Record(("h",), ("x", "y", "z"), "y"),
+             di.Record(("h",), ("x", "y", "z"), "z")]
+    test = [di.Record(("h",), ("z", "x", "y"), "y"), di.Record(("h",), ("x", "z"), "x")]
+    assert di.popularity_predictions(train, test) == ["y", "z"]
+    assert di.random_choice_metrics(test)["hr@1"] == pytest.approx((1 / 3 + 1 / 2) / 2)
