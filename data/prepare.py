@@ -14,7 +14,7 @@ The protocol (ordering, filtering, split, candidate sampling) is described in
 ``data/README.md`` next to this file.
 
 Without ``--raw_dir`` (or the ``SDPO_RAW_DIR`` environment variable) the official
-archive is downloaded once into ``~/.cache/sdpo/raw/`` (``SDPO_CACHE_DIR``); the
+archive is downloaded once into ``~/.cache/sdpo/raw/`` (``$SDPO_CACHE_DIR/raw/``); the
 download location can be redirected with ``SDPO_DOWNLOAD_BASE``.
 
 Every problem with the input is reported as a :class:`DataPreparationError` whose
@@ -157,9 +157,12 @@ def download_urls(dataset: str, genre: str = DEFAULT_GENRE) -> list[str]:
 
 
 def cache_dir() -> Path:
-    """Folder where downloaded archives are kept (``SDPO_CACHE_DIR`` or ``~/.cache/sdpo/raw``)."""
-    override = os.environ.get("SDPO_CACHE_DIR")
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "sdpo" / "raw"
+    """Folder where downloaded archives are kept: ``$SDPO_CACHE_DIR/raw`` (default ``~/.cache/sdpo/raw``).
+
+    ``SDPO_CACHE_DIR`` is the project-wide cache root (built models live there too).
+    """
+    root = os.environ.get("SDPO_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "sdpo") / "raw"
 
 
 def offline_hint(dataset: str, genre: str) -> str:

@@ -439,7 +439,7 @@ def test_download_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with serve(www) as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
         first = prep.prepare("movielens", out_dir=tmp_path / "out1")
-    cached = tmp_path / "cache" / "ml-100k.zip"
+    cached = tmp_path / "cache" / "raw" / "ml-100k.zip"
     assert cached.read_bytes() == (www / "ml-100k.zip").read_bytes()
     assert sorted(p.name for p in cached.parent.iterdir()) == ["ml-100k.zip"]
     # the server is gone: the second run uses the cache
@@ -462,7 +462,7 @@ def test_download_truncated_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             prep.prepare("movielens", out_dir=tmp_path / "out")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
-    assert not list((tmp_path / "cache").iterdir())  # no partial file left behind
+    assert not list((tmp_path / "cache" / "raw").iterdir())  # no partial file left behind
 
 
 def test_download_short_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -470,7 +470,7 @@ def test_download_short_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
         with pytest.raises(Error, match="truncated"):
             prep.prepare("lastfm", out_dir=tmp_path / "out")
-    assert not list((tmp_path / "cache").iterdir())
+    assert not list((tmp_path / "cache" / "raw").iterdir())
 
 
 def test_offline_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
