@@ -1,0 +1,18 @@
+"""S-DPO training: the softmax-DPO loss, shared-prompt completion log-probs and the trainer."""
+
+from .log_probs import completion_logps, packed_attention_inputs
+from .softmax_dpo_trainer import (
+    SoftmaxDPOCollator,
+    SoftmaxDPOConfig,
+    SoftmaxDPOTrainer,
+    sdpo_loss,
+)
+
+__all__ = [
+    "SoftmaxDPOCollator",
+    "SoftmaxDPOConfig",
+    "SoftmaxDPOTrainer",
+    "completion_logps",
+    "packed_attention_inputs",
+    "sdpo_loss",
+]
