@@ -151,6 +151,9 @@ class DataFiles:
 
 
 def dataset_dir(dataset: str) -> Path:
+    """`data/<name>` for a named dataset; a folder path (holding train/val/test.json) is used as is."""
+    if dataset not in REAL_DATASETS + (SYNTHETIC_DATASET,) and Path(dataset).is_dir():
+        return Path(dataset)
     return DATA_ROOT / dataset
 
 
@@ -160,7 +163,7 @@ def ensure_dataset(dataset: str) -> Path:
     Real datasets are never downloaded implicitly here: the error says which command prepares them.
     """
     folder = dataset_dir(dataset)
-    if (folder / "train.json").exists():
+    if (folder / "train.json").exists() or folder != DATA_ROOT / dataset:
         return folder
     if dataset == SYNTHETIC_DATASET:
         import importlib.util

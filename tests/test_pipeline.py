@@ -1,0 +1,221 @@
+"""The four stages end to end with the tiny model: through the .sh launchers, the CLIs and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data_interface as di
+import inference
+import models
+import runtime
+import sft
+import softmax_dpo
+from conftest import LASTFM_SAMPLE, REPO
+
+FAST = {"BATCH_SIZE": "4", "MAX_STEPS": "4", "EVAL_STEP": "2", "MAX_TRAIN_SAMPLES": "48", "MAX_SAMPLES": "12"}
+
+
+def run_script(*args, env=None, check=True):
+    full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    result = subprocess.run(list(args), cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def launched_run(synthetic_dir, tmp_path_factory):
+    """sft.sh -> dpo.sh -> softmax_dpo.sh -> inference.sh -> results.py on synthetic data."""
+    root = tmp_path_factory.mktemp("launched")
+    env = {**FAST, "DATASET": str(synthetic_dir), "OUTPUT_ROOT": str(root)}
+    for script in ("sft.sh", "dpo.sh", "softmax_dpo.sh", "inference.sh"):
+        run_script("bash", script, env=env)
+    run_script(sys.executable, "results.py", "--output_root", str(root), "--dataset", str(synthetic_dir),
+               "--max_samples", FAST["MAX_SAMPLES"])
+    return root
+
+
+def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
+    for method in ("sft", "dpo", "sdpo"):
+        checkpoint = launched_run / method / runtime.FINAL_CHECKPOINT
+        assert (checkpoint / "adapter_model.safetensors").exists()
+        assert (checkpoint / "tokenizer.json").exists()
+        info = json.loads((launched_run / method / "run_info.json").read_text())
+        assert info["seconds"] > 0
+        metrics = json.loads((launched_run / "eval" / method / "metrics.json").read_text())
+        assert metrics["n"] == 12 and 0 <= metrics["hr@1"] <= metrics["valid_ratio"] <= 1
+        lines = (launched_run / "eval" / method / "predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 12 and {"output", "prediction", "target", "valid", "hit"} <= set(json.loads(lines[0]))
+    results = json.loads((launched_run / "results.json").read_text())
+    assert set(results) == {"sft", "dpo", "sdpo", "random", "popularity"}
+    assert results["random"]["hr@1"] == pytest.approx(0.05)
+    assert all(results[m]["n"] == 12 for m in results)
+
+
+def test_preference_stages_log_reward_metrics_and_use_their_negative_count(launched_run):
+    for method, neg_num in (("dpo", 1), ("sdpo", 3)):
+        flags = json.loads((launched_run / method / "run_info.json").read_text())["flags"]
+        assert flags["neg_num"] == neg_num
+        state = json.loads(next((launched_run / method).glob("checkpoint-*/trainer_state.json")).read_text())
+        logged = {key for entry in state["log_history"] for key in entry}
+        assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected", "eval_loss"} <= logged
+
+
+def test_a_finished_run_is_not_overwritten_without_the_flag(launched_run, synthetic_dir):
+    marker = launched_run / "sft" / runtime.FINAL_CHECKPOINT / "adapter_model.safetensors"
+    before = marker.read_bytes()
+    result = run_script("bash", "sft.sh", env={**FAST, "DATASET": str(synthetic_dir), "OUTPUT_ROOT": str(launched_run)},
+                        check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "--overwrite_output_dir" in result.stderr
+    assert marker.read_bytes() == before
+
+
+def test_sft_lowers_the_loss_and_the_adapter_reloads_to_the_same_outputs(synthetic_dir, tmp_path):
+    final = sft.train(model_name="tiny", dataset=str(synthetic_dir), output_dir=str(tmp_path / "sft"),
+                      batch_size=8, max_steps=30, eval_step=10, learning_rate=3e-3, max_eval_samples=16)
+    state = json.loads((tmp_path / "sft" / "checkpoint-30" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+    data = runtime.load_stage_data(("test",), str(synthetic_dir))
+    first, tokenizer = inference.load_for_generation("tiny", final, data, seed=0)
+    second, _ = inference.load_for_generation("tiny", final, data, seed=0)
+    base = models.load_base_model(runtime.base_model_path("tiny", final, data, seed=0))
+    prompt = di.build_prompt(data.test[0], data.templates)
+    ids = torch.tensor([di.encode_prompt(tokenizer, prompt)])
+    with torch.no_grad():
+        logits = [model(input_ids=ids).logits for model in (first, second, base)]
+    torch.testing.assert_close(logits[0], logits[1])
+    assert not torch.allclose(logits[0], logits[2])  # the adapter changed the model
+
+
+def test_shared_sample_runs_a_few_batches_through_every_stage(tmp_path):
+    if not LASTFM_SAMPLE.exists():
+        pytest.skip(f"{LASTFM_SAMPLE} is absent (../shared is not beside this checkout)")
+    files = {"train_file": str(LASTFM_SAMPLE), "val_file": str(LASTFM_SAMPLE)}
+    common = {"model_name": "tiny", "batch_size": 4, "max_steps": 2, "eval_step": 2, "max_train_samples": 16,
+              "max_eval_samples": 8, **files}
+    sft_final = sft.train(output_dir=str(tmp_path / "sft"), **common)
+    for method, neg_num in (("dpo", 1), ("sdpo", 3)):
+        final = softmax_dpo.train(resume_from_checkpoint=sft_final, output_dir=str(tmp_path / method),
+                                  neg_num=neg_num, **common)
+        metrics = inference.evaluate(base_model="tiny", resume_from_checkpoint=final, test_file=str(LASTFM_SAMPLE),
+                                     output_dir=str(tmp_path / "eval" / method), max_samples=8, batch_size=4)
+        assert metrics["n"] == 8
+
+
+def test_precomputed_reference_and_concat_forward_train_too(synthetic_dir, tmp_path):
+    sft_final = sft.train(model_name="tiny", dataset=str(synthetic_dir), output_dir=str(tmp_path / "sft"),
+                          batch_size=4, max_steps=2, eval_step=2, max_eval_samples=8)
+    for forward, precompute in (("concat", False), ("shared", True)):
+        out = tmp_path / f"sdpo-{forward}"
+        softmax_dpo.train(model_name="tiny", dataset=str(synthetic_dir), resume_from_checkpoint=sft_final,
+                          output_dir=str(out), batch_size=4, max_steps=2, eval_step=2, max_eval_samples=8,
+                          forward=forward, precompute_ref_log_probs=precompute)
+        assert (out / runtime.FINAL_CHECKPOINT / "adapter_model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line naming the problem, before any model is loaded, nothing overwritten
+
+
+@pytest.fixture()
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_base_model", refuse)
+    monkeypatch.setattr(models, "resolve_model_path", refuse)
+
+
+def write_split(tmp_path, records, name="bad.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+GOOD = {"historyList": "a::b::c", "itemList": [f"item {i}" for i in range(20)], "trueSelection": "item 3"}
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ({"not": "a list"}, "expected a JSON list of records"),
+        ([GOOD, {"itemList": GOOD["itemList"], "trueSelection": "item 3"}], "record 1: missing field 'historyList'"),
+        ([{**GOOD, "trueSelection": "item 99"}], "record 0: field 'trueSelection' 'item 99' is not among"),
+        ([{**GOOD, "itemList": GOOD["itemList"][:19] + ["item 0"]}], "record 0: field 'itemList' holds duplicate"),
+        ([{**GOOD, "historyList": ""}], "record 0: field 'historyList' is empty"),
+    ],
+)
+def test_bad_records_stop_every_stage_before_a_model_loads(tmp_path, no_model_loading, records, message):
+    bad = write_split(tmp_path, records)
+    good = write_split(tmp_path, [GOOD] * 4, "good.json")
+    calls = [
+        lambda: sft.train(train_file=bad, val_file=good, output_dir=str(tmp_path / "a")),
+        lambda: softmax_dpo.train(train_file=good, val_file=bad, resume_from_checkpoint=str(tmp_path),
+                                  output_dir=str(tmp_path / "b")),
+        lambda: inference.evaluate(test_file=bad, output_dir=str(tmp_path / "c")),
+    ]
+    for call in calls:
+        with pytest.raises(di.DataError, match=message) as error:
+            call()
+        assert bad in str(error.value)
+
+
+def test_other_bad_inputs_are_refused_before_a_model_loads(tmp_path, no_model_loading):
+    good = write_split(tmp_path, [GOOD] * 4, "good.json")
+    no_placeholder = tmp_path / "prompt.txt"
+    no_placeholder.write_text("History: [HistoryHere]\nAnswer:")
+    with pytest.raises(di.DataError, match="data file not found"):
+        sft.train(train_file=str(tmp_path / "missing.json"), val_file=good, output_dir=str(tmp_path / "a"))
+    with pytest.raises(di.DataError, match=r"prompt.txt: template 0 lacks the placeholder \[CansHere\]"):
+        sft.train(train_file=good, val_file=good, prompt_path=str(no_placeholder), output_dir=str(tmp_path / "a"))
+    with pytest.raises(di.DataError, match="fewer than neg_num=20"):
+        softmax_dpo.train(train_file=good, val_file=good, resume_from_checkpoint=str(tmp_path), neg_num=20,
+                          output_dir=str(tmp_path / "b"))
+    with pytest.raises(runtime.UsageError, match="does not exist"):
+        softmax_dpo.train(train_file=good, val_file=good, resume_from_checkpoint=str(tmp_path / "nope"),
+                          output_dir=str(tmp_path / "b"))
+    with pytest.raises(runtime.UsageError, match="does not exist"):
+        inference.evaluate(test_file=good, resume_from_checkpoint=str(tmp_path / "nope"), output_dir=str(tmp_path / "c"))
+    finished = tmp_path / "done"
+    (finished / "metrics.json").parent.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(runtime.UsageError, match="holds a finished run"):
+        inference.evaluate(test_file=good, output_dir=str(finished))
+    assert (finished / "metrics.json").read_text() == "{}"
+
+
+def test_cli_prints_one_error_line_and_exits_1(tmp_path):
+    bad = write_split(tmp_path, [{**GOOD, "trueSelection": "nobody"}])
+    result = run_script(sys.executable, "inference.py", "--test_file", bad, "--output_dir", str(tmp_path / "out"),
+                        check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: record 0: field 'trueSelection' 'nobody' is not among the candidates in 'itemList'"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_dpo_is_the_one_negative_case():
+    import dpo
+
+    with pytest.raises(runtime.UsageError, match="pairwise baseline"):
+        dpo.train(neg_num=3)
+
+
+def test_four_bit_nf4_is_chosen_on_cuda_only():
+    config = models.quantization_config_for("cuda")
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert models.quantization_config_for("cpu") is None
+    assert models.quantization_config_for("cuda", load_in_4bit=False) is None
