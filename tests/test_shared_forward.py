@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer.log_probs import completion_logps, packed_attention_inputs
+from trainer.log_probs import completion_logps, pack_prompt_with_completions
 from trainer.softmax_dpo_trainer import SoftmaxDPOCollator
 
 PAD = 0
@@ -82,21 +82,31 @@ def test_collator_padding():
     assert "extra" not in batch and "ref_logps" not in batch
 
 
-def test_packed_positions_and_mask():
-    # Prompt of 2 real tokens (1 pad), 2 completions of width 2 (second has 1 real token).
-    attention_mask, position_ids = packed_attention_inputs(torch.tensor([[0, 1, 1]]), torch.tensor([[[1, 1], [1, 0]]]))
-    assert position_ids.tolist() == [[0, 0, 1, 2, 3, 2, 3]]
-    assert attention_mask.shape == (1, 1, 7, 7) and attention_mask.dtype == torch.bool
-    allowed = attention_mask[0, 0].int().tolist()
-    assert allowed == [
-        [1, 0, 0, 0, 0, 0, 0],  # pad sees only itself
-        [0, 1, 0, 0, 0, 0, 0],
-        [0, 1, 1, 0, 0, 0, 0],
-        [0, 1, 1, 1, 0, 0, 0],  # completion 0 sees the real prompt and itself causally
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 1, 1, 0, 0, 1, 0],  # completion 1 does not see completion 0
-        [0, 1, 1, 0, 0, 1, 1],  # its pad token: real keys up to it and itself (never read)
+def test_packed_layout():
+    # Row 0: prompt of 2 real tokens (1 left pad); completions of 2 and 1 tokens -> packed back to back.
+    # Row 1: prompt of 3 tokens; completions of 1 and 1 token -> one trailing pad.
+    packed = pack_prompt_with_completions(
+        torch.tensor([[0, 11, 12], [13, 14, 15]]),
+        torch.tensor([[0, 1, 1], [1, 1, 1]]),
+        torch.tensor([[[21, 22], [23, 0]], [[24, 0], [25, 0]]]),
+        torch.tensor([[[1, 1], [1, 0]], [[1, 0], [1, 0]]]),
+    )
+    assert packed["input_ids"].tolist() == [[0, 11, 12, 21, 22, 23], [13, 14, 15, 24, 25, 0]]
+    assert packed["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2], [0, 1, 2, 3, 3, 3]]
+    assert packed["segment"].tolist() == [[-1, -1, -1, 0, 0, 1], [-1, -1, -1, 0, 1, -2]]
+    assert packed["is_last"].tolist() == [[False] * 4 + [True, True], [False] * 3 + [True, True, False]]
+    mask = packed["attention_mask"]
+    assert mask.shape == (2, 1, 6, 6) and mask.dtype == torch.bool
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],  # a pad query sees only itself
+        [0, 1, 0, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 0, 0],  # completion 0 sees the real prompt and itself causally
+        [0, 1, 1, 1, 1, 0],
+        [0, 1, 1, 0, 0, 1],  # completion 1 does not see completion 0
     ]
+    assert mask[1, 0, 4].int().tolist() == [1, 1, 1, 0, 1, 0]
+    assert mask[1, 0, 5].int().tolist() == [1, 1, 1, 0, 0, 1]  # trailing pad: prompt and itself, never read
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
@@ -113,8 +123,8 @@ def test_shared_equals_concat_equals_one_by_one(attn_implementation):
     torch.testing.assert_close(shared, reference, rtol=0, atol=1e-5)
 
 
-def lora_model(seed=0):
-    model = tiny_llama(seed=seed)
+def lora_model(attn_implementation="sdpa"):
+    model = tiny_llama(attn_implementation)
     config = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
         init_lora_weights=False,  # non-zero B so the adapter changes the log-probs
@@ -133,9 +143,11 @@ def grads_of_loss(model, batch, forward):
     }
 
 
-@pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_lora_values_and_gradients_match(gradient_checkpointing):
-    model = lora_model()
+@pytest.mark.parametrize(
+    "attn_implementation, gradient_checkpointing", [("sdpa", False), ("sdpa", True), ("eager", True)]
+)
+def test_lora_values_and_gradients_match(attn_implementation, gradient_checkpointing):
+    model = lora_model(attn_implementation)
     if gradient_checkpointing:
         model.activation_checkpointing_enable()  # reaches the base model through the peft wrapper
         assert model.get_base_model().model.layers[0].gradient_checkpointing

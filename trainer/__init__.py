@@ -1,6 +1,6 @@
 """S-DPO training: the softmax-DPO loss, shared-prompt completion log-probs and the trainer."""
 
-from .log_probs import completion_logps, packed_attention_inputs
+from .log_probs import completion_logps, pack_prompt_with_completions
 from .softmax_dpo_trainer import (
     SoftmaxDPOCollator,
     SoftmaxDPOConfig,
@@ -13,6 +13,6 @@ __all__ = [
     "SoftmaxDPOConfig",
     "SoftmaxDPOTrainer",
     "completion_logps",
-    "packed_attention_inputs",
+    "pack_prompt_with_completions",
     "sdpo_loss",
 ]

@@ -4,25 +4,24 @@ One function, :func:`completion_logps`, is used everywhere a log-probability of 
 reference, precomputation, evaluation). It has two modes:
 
 ``forward="shared"`` (default)
-    Each example is packed into ONE sequence ``[prompt | c_0 | c_1 | ... | c_{K-1}]`` and run through the model
-    once. A 4-D block attention mask lets every completion see the prompt's real tokens and itself (causally), never
-    the other completions, and position ids restart at the prompt length for each completion, so each completion is
-    scored exactly as if it followed the prompt alone. The prompt is encoded once per example instead of K times, and
+    Each example is packed into ONE sequence ``[prompt | c_0 | c_1 | ... | c_{K-1}]`` (completions back to back,
+    no padding between them) and run through the model once. A 4-D block attention mask lets every completion see
+    the prompt's real tokens and itself (causally), never the other completions, and position ids restart at the
+    prompt length for each completion, so each completion is scored exactly as if it followed the prompt alone. The prompt is encoded once per example instead of K times, and
     gradients from all K completions flow back through that single encoding. Being one ordinary model call, it works
     with LoRA, gradient checkpointing and DDP.
 
+    The LM head is applied only to the positions whose logits predict a completion token (the last prompt position
+    and every completion token but the last), via a boolean ``logits_to_keep``: with a 49k vocabulary the logits of
+    the ~300 prompt positions would otherwise dominate activation memory.
+
 ``forward="concat"``
-    The straightforward layout: B*K full sequences ``prompt + completion`` in one model call. Its cost grows with K
-    times the prompt length. It is kept as the reference implementation and for the benchmark. It goes through the
-    same code path (the packed layout with a single completion per row), so the two modes differ only in how many
-    times the prompt is encoded.
+    The straightforward layout of the original S-DPO code: B*K full sequences ``prompt + completion`` in one model
+    call, an ordinary 2-D padding mask, logits for every position. Its cost grows with K times the prompt length.
+    It is an independent implementation kept as the reference (tests compare the two) and for the benchmark.
 
-In both modes the LM head is applied only to the positions whose logits predict a completion token (the last prompt
-position and the completion positions), via ``logits_to_keep``: with a 49k vocabulary the logits of the ~300 prompt
-positions would otherwise dominate activation memory.
-
-Only attention implementations that take an arbitrary 4-D mask are supported: "sdpa" (bool mask) and "eager"
-(additive float mask). transformers passes a 4-D mask to them unchanged (``masking_utils`` returns it as-is).
+The shared mode needs an attention implementation that takes an arbitrary 4-D mask: "sdpa" (bool mask) or "eager"
+(additive float mask); transformers passes a 4-D mask to them unchanged (``masking_utils`` returns it as-is).
 """
 
 from __future__ import annotations
@@ -51,52 +50,77 @@ def _attention_implementation(model: nn.Module) -> str:
     return impl
 
 
-def packed_attention_inputs(
+def pack_prompt_with_completions(
+    prompt_input_ids: torch.Tensor,
     prompt_attention_mask: torch.Tensor,
+    completion_input_ids: torch.Tensor,
     completion_attention_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block attention mask and position ids for the packed layout ``[prompt | c_0 | ... | c_{K-1}]``.
+) -> dict[str, torch.Tensor]:
+    """Pack each prompt and its K completions into one row ``[prompt | c_0 | c_1 | ... | c_{K-1} | pad]``.
+
+    The completions are laid back to back with no padding between them (their lengths differ), so a row holds
+    ``P + sum_k len_k`` positions and rows are right-padded to the longest.
 
     Args:
-        prompt_attention_mask: ``[B, P]``, 1 for real prompt tokens; prompts are LEFT-padded.
-        completion_attention_mask: ``[B, K, C]``, 1 for real completion tokens; completions are RIGHT-padded.
+        prompt_input_ids: ``[B, P]`` LEFT-padded prompts; prompt_attention_mask: ``[B, P]``, 1 for real tokens.
+        completion_input_ids: ``[B, K, C]`` RIGHT-padded completions, each with at least one token;
+        completion_attention_mask: ``[B, K, C]``, 1 for real tokens.
 
-    Returns:
-        attention_mask: ``[B, 1, L, L]`` bool, True where query position may attend to key position,
-            ``L = P + K*C``.
-        position_ids: ``[B, L]``: prompt tokens get 0..n_b-1 (n_b = real prompt length), and every completion
-        restarts at n_b, exactly the positions it would have following the prompt alone.
+    Returns a dict of
+        input_ids: ``[B, L]``.
+        attention_mask: ``[B, 1, L, L]`` bool, True where a query may attend to a key: every completion sees the
+            prompt's real tokens and its own earlier tokens, never another completion.
+        position_ids: ``[B, L]``: prompt tokens 0..n_b-1 (n_b = real prompt length); completion tokens restart at n_b,
+            exactly the positions they would have following the prompt alone.
+        segment: ``[B, L]``: -1 prompt, k for completion k, -2 trailing padding.
+        is_last: ``[B, L]`` bool, True on the last token of each completion (its logits predict nothing needed).
     """
-    batch_size, prompt_len = prompt_attention_mask.shape
-    _, num_completions, completion_len = completion_attention_mask.shape
-    device = prompt_attention_mask.device
-    total_len = prompt_len + num_completions * completion_len
+    batch_size, prompt_len = prompt_input_ids.shape
+    _, num_completions, completion_len = completion_input_ids.shape
+    device = prompt_input_ids.device
+    lengths = completion_attention_mask.sum(dim=-1)  # [B, K]
+    if (lengths == 0).any():
+        raise ValueError("every completion needs at least one token")
 
-    # Segment of each packed position: -1 for the prompt, k for completion k. Identical for every row because
-    # prompts and completions are padded to the batch maximum.
-    segment = torch.cat(
-        [
-            torch.full((prompt_len,), -1, device=device),
-            torch.arange(num_completions, device=device).repeat_interleave(completion_len),
-        ]
-    )
+    # Move the real completion tokens of each row to the front, in order (completion 0 first), via scatter.
+    real = completion_attention_mask.reshape(batch_size, -1).bool()  # [B, K*C]
+    packed_len = int(lengths.sum(dim=-1).max())
+    destination = torch.where(real, real.long().cumsum(dim=-1) - 1, packed_len)  # pads go to a dropped column
+
+    def pack(values: torch.Tensor, fill: int) -> torch.Tensor:
+        out = torch.full((batch_size, packed_len + 1), fill, dtype=values.dtype, device=device)
+        return out.scatter_(1, destination, values.expand(batch_size, -1))[:, :packed_len]
+
+    completion_ids = pack(completion_input_ids.reshape(batch_size, -1), 0)
+    completion_segment = pack(torch.arange(num_completions, device=device).repeat_interleave(completion_len)[None], -2)
+    offset = pack(torch.arange(completion_len, device=device).repeat(num_completions)[None], 0)
+    completion_real = completion_segment >= 0
+    # Last token of its completion: the next packed token starts another completion (offset 0) or is padding.
+    next_offset = torch.cat([offset[:, 1:], torch.zeros_like(offset[:, :1])], dim=1)
+    is_last = completion_real & (next_offset == 0)
+
+    input_ids = torch.cat([prompt_input_ids, completion_ids], dim=1)
+    segment = torch.cat([torch.full_like(prompt_input_ids, -1), completion_segment], dim=1)
+    key_is_real = torch.cat([prompt_attention_mask.bool(), completion_real], dim=1)
+    total_len = segment.shape[1]
     index = torch.arange(total_len, device=device)
     causal = index[:, None] >= index[None, :]
-    visible = (segment[:, None] == segment[None, :]) | (segment[None, :] == -1)
-    key_is_real = torch.cat(
-        [prompt_attention_mask, completion_attention_mask.reshape(batch_size, -1)], dim=1
-    ).bool()
-    allowed = (causal & visible)[None] & key_is_real[:, None, :]
+    visible = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1)
+    attention_mask = causal[None] & visible & key_is_real[:, None, :]
     # Padding queries would otherwise see no key at all; a fully masked softmax row gives NaN (eager) that can leak
     # into gradients. Letting every position see itself keeps all rows finite; no real token ever attends to a pad.
-    allowed |= torch.eye(total_len, dtype=torch.bool, device=device)[None]
+    attention_mask |= torch.eye(total_len, dtype=torch.bool, device=device)[None]
 
-    real_prompt_len = prompt_attention_mask.sum(dim=1)  # [B]
+    real_prompt_len = prompt_attention_mask.sum(dim=1, keepdim=True)  # [B, 1]
     prompt_positions = (prompt_attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    completion_positions = real_prompt_len[:, None, None] + torch.arange(completion_len, device=device)
-    completion_positions = completion_positions.expand(batch_size, num_completions, completion_len)
-    position_ids = torch.cat([prompt_positions, completion_positions.reshape(batch_size, -1)], dim=1)
-    return allowed[:, None], position_ids
+    position_ids = torch.cat([prompt_positions, real_prompt_len + offset], dim=1)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask[:, None],
+        "position_ids": position_ids,
+        "segment": segment,
+        "is_last": torch.cat([torch.zeros_like(prompt_attention_mask, dtype=torch.bool), is_last], dim=1),
+    }
 
 
 def _packed_completion_logps(
@@ -108,43 +132,89 @@ def _packed_completion_logps(
 ) -> torch.Tensor:
     """Summed log-probs ``[B, K]`` of K completions packed after one prompt per row (one model call)."""
     batch_size, prompt_len = prompt_input_ids.shape
-    _, num_completions, completion_len = completion_input_ids.shape
-    device = prompt_input_ids.device
-
-    input_ids = torch.cat([prompt_input_ids, completion_input_ids.reshape(batch_size, -1)], dim=1)
-    attention_mask, position_ids = packed_attention_inputs(prompt_attention_mask, completion_attention_mask)
+    num_completions = completion_input_ids.shape[1]
+    packed = pack_prompt_with_completions(
+        prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
+    )
+    attention_mask = packed["attention_mask"]
     if _attention_implementation(model) == "eager":
         # Eager attention adds the mask to the scores. A float32 mask is safe whatever the compute dtype (bf16/fp16
         # scores are promoted); sdpa takes the bool mask as-is, which avoids any mask/query dtype mismatch.
         blocked = torch.finfo(torch.float32).min
-        attention_mask = torch.zeros(attention_mask.shape, device=device).masked_fill_(~attention_mask, blocked)
+        attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill_(
+            ~attention_mask, blocked
+        )
 
-    # Token t of completion k is predicted by the logits at the last prompt position (t = 0) or at packed position
-    # P + k*C + t - 1. Keep only those: row 0 = last prompt position, then C-1 rows per completion.
-    completion_starts = prompt_len + completion_len * torch.arange(num_completions, device=device)
-    kept_positions = torch.cat(
-        [
-            torch.tensor([prompt_len - 1], device=device),
-            (completion_starts[:, None] + torch.arange(completion_len - 1, device=device)).reshape(-1),
-        ]
-    )
+    # Logits are needed only where they predict a completion token: at the last prompt position (first token of
+    # every completion) and at each completion token that is not its completion's last. Only those M positions go
+    # through the LM head; the output is flattened row-major to [M, V].
+    segment = packed["segment"]
+    is_prompt_end = torch.zeros_like(segment, dtype=torch.bool)
+    is_prompt_end[:, prompt_len - 1] = True
+    keep = is_prompt_end | ((segment >= 0) & ~packed["is_last"])
     logits = model(
-        input_ids=input_ids,
+        input_ids=packed["input_ids"],
         attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=kept_positions,
+        position_ids=packed["position_ids"],
+        logits_to_keep=keep,
         use_cache=False,
-    ).logits  # [B, 1 + K*(C-1), V]
+    ).logits.float()  # [M, V]
+    log_normalizer = logits.logsumexp(dim=-1)  # [M]
 
-    # Row of `logits` predicting each completion token: [K, C].
-    rows = torch.zeros(num_completions, completion_len, dtype=torch.long, device=device)
-    rows[:, 1:] = 1 + torch.arange(num_completions * (completion_len - 1), device=device).view(
-        num_completions, completion_len - 1
+    # (kept row, target token) of every completion token, gathered in ONE indexing op so that its backward writes a
+    # single [M, V] gradient. First tokens of all K completions are predicted from the row's last prompt position;
+    # every other token from the previous packed position, which belongs to the same completion.
+    kept_rows = torch.arange(logits.shape[0], device=logits.device)
+    prompt_end_rows = kept_rows[is_prompt_end[keep]]  # [B], in batch order
+    inner = ~is_prompt_end[keep]
+    inner_rows = kept_rows[inner]  # [M - B]
+    next_ids = torch.cat([packed["input_ids"][:, 1:], torch.zeros_like(packed["input_ids"][:, :1])], dim=1)
+    rows = torch.cat([prompt_end_rows.repeat_interleave(num_completions), inner_rows])
+    targets = torch.cat([completion_input_ids[:, :, 0].reshape(-1), next_ids[keep][inner]])
+    token_logps = logits.view(-1)[rows * logits.shape[1] + targets] - log_normalizer[rows]
+    first_logps, inner_logps = token_logps.split([batch_size * num_completions, len(inner_rows)])
+
+    # Sum the inner tokens of each completion into its (row, completion) slot.
+    owner = (torch.arange(batch_size, device=segment.device)[:, None] * num_completions + segment)[keep][inner]
+    rest_logps = torch.zeros_like(first_logps).index_add(0, owner, inner_logps)
+    return (first_logps + rest_logps).view(batch_size, num_completions)
+
+
+def _concat_completion_logps(
+    model: nn.Module,
+    prompt_input_ids: torch.Tensor,
+    prompt_attention_mask: torch.Tensor,
+    completion_input_ids: torch.Tensor,
+    completion_attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Summed log-probs ``[B, K]`` from B*K independent ``prompt + completion`` rows, the way the original S-DPO code
+    scores them: an ordinary 2-D padding mask and the logits of every position."""
+    batch_size, prompt_len = prompt_input_ids.shape
+    _, num_completions, completion_len = completion_input_ids.shape
+    input_ids = torch.cat(
+        [
+            prompt_input_ids.repeat_interleave(num_completions, dim=0),
+            completion_input_ids.reshape(batch_size * num_completions, completion_len),
+        ],
+        dim=1,
     )
-    logits = logits[:, rows].float()  # [B, K, C, V]
-    # log p(token) = logit[token] - logsumexp(logits); cheaper in memory than a full log_softmax.
-    token_logps = logits.gather(-1, completion_input_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
-    return (token_logps * completion_attention_mask).sum(dim=-1)
+    attention_mask = torch.cat(
+        [
+            prompt_attention_mask.repeat_interleave(num_completions, dim=0),
+            completion_attention_mask.reshape(batch_size * num_completions, completion_len),
+        ],
+        dim=1,
+    )
+    # Left padding shifts the prompt; positions count real tokens only, so they match the unpadded sequence.
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits  # [B*K, P+C, V]
+    # Completion token t is predicted at position P-1+t.
+    completion_logits = logits[:, prompt_len - 1 : prompt_len + completion_len - 1].float()
+    token_logps = completion_logits.log_softmax(dim=-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+    mask = attention_mask[:, prompt_len:]
+    return (token_logps * mask).sum(dim=-1).view(batch_size, num_completions)
 
 
 def completion_logps(
@@ -177,12 +247,6 @@ def completion_logps(
         return _packed_completion_logps(
             model, prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
         )
-    batch_size, num_completions, completion_len = completion_input_ids.shape
-    logps = _packed_completion_logps(
-        model,
-        prompt_input_ids.repeat_interleave(num_completions, dim=0),
-        prompt_attention_mask.repeat_interleave(num_completions, dim=0),
-        completion_input_ids.reshape(batch_size * num_completions, 1, completion_len),
-        completion_attention_mask.reshape(batch_size * num_completions, 1, completion_len),
+    return _concat_completion_logps(
+        model, prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
     )
-    return logps.view(batch_size, num_completions)

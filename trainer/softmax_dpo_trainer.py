@@ -187,7 +187,7 @@ def _is_peft_model(model) -> bool:
 
 
 @contextlib.contextmanager
-def _reference_mode(model: torch.nn.Module, adapter_name: str | None):
+def reference_mode(model: torch.nn.Module, adapter_name: str | None):
     """Run ``model`` as the reference: no grad, eval mode (no dropout, no checkpointing), and with ``adapter_name``
     active if given. Restores the active adapter, the train/eval mode and every parameter's ``requires_grad`` on exit:
     peft's ``set_adapter`` marks the newly active adapter trainable and the others frozen, which must not leak into
@@ -298,7 +298,7 @@ class SoftmaxDPOTrainer(Trainer):
         """Reference log-probs ``[B, K]`` of a collated batch, from the reference adapter (or, when there is none,
         from the model as it is, which is only the reference before training: used for precomputation)."""
         model = self.accelerator.unwrap_model(self.model)
-        with _reference_mode(model, self.reference_adapter):
+        with reference_mode(model, self.reference_adapter):
             return completion_logps(model, *(batch[k] for k in _BATCH_KEYS), forward=self.args.forward)
 
     def add_reference_logps(self, dataset):

@@ -1,0 +1,389 @@
+"""Cost of one S-DPO optimizer step against one SFT step, and of evaluation, on the same prompts and model.
+
+    python benchmarks/bench_train_step.py                          # tiny model, 2 threads, batch 4, N = 1 3 7 15
+    python benchmarks/bench_train_step.py --json bench.json --steps 5 --warmup 2
+    python benchmarks/bench_train_step.py --model_name smollm2-135m   # pretrained, 49k vocabulary
+
+Each mode runs in a fresh subprocess (so its peak resident memory is its own), builds the same model with the same
+LoRA adapter (r=8 on q/k/v/o/gate/up/down) and the same random prompts, does ``--warmup`` steps, then times
+``--steps`` full optimizer steps (forward, backward, AdamW update) and reports the median:
+
+* ``sft``: prompt + chosen, next-token loss on the completion only, the standard way (``model(..., labels=...)``,
+  logits for every position), as an SFT trainer does it;
+* ``sft_lean``: the same loss through ``completion_logps`` (logits only where a completion token is predicted);
+* ``concat_N``: S-DPO with N negatives, B*(1+N) full prompt+completion sequences;
+* ``shared_N``: S-DPO with N negatives, each prompt encoded once with its 1+N completions packed after it;
+* ``shared_ref_N``: ``shared_N`` plus the on-the-fly reference (a frozen second adapter run under no_grad each step).
+
+``concat_N``/``shared_N`` use precomputed reference log-probs (computed once before timing), so their step is
+policy-only, as with ``precompute_ref_log_probs=True``. Peak RSS is ``ru_maxrss`` of the mode's process (it includes
+the interpreter, libraries and model); ``step_rss_mb`` is the growth of that peak during the training steps
+(warm-up and timed), i.e. what the step itself costs.
+
+Evaluation throughput (prompts/s, greedy, 20 new tokens): ``naive`` = batched ``generate`` in the given order on the
+un-merged PEFT model; ``ours`` = ``inference.generate_outputs`` (batches sorted by prompt length) on the model with
+the LoRA merged, as ``inference.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("bench_train_step")
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Used when models.py (the project's model loader) cannot be imported: the same architecture as its tiny model.
+FALLBACK_TINY_CONFIG = dict(
+    hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+    max_position_embeddings=1024, tie_word_embeddings=False,
+)
+TINY_VOCAB = 8000
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+# ---- model and data ----------------------------------------------------------------------------------------------
+
+
+def build_model(model_name: str, seed: int):
+    """The base causal LM in fp32 on CPU: a random LLaMA for ``tiny``, else a checkpoint via models.py."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if model_name == "tiny":
+        try:
+            import models
+
+            architecture = dict(models.TINY_CONFIG)
+        except ImportError:
+            architecture = dict(FALLBACK_TINY_CONFIG)
+        config = LlamaConfig(
+            vocab_size=TINY_VOCAB, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+            attn_implementation="sdpa", **architecture,
+        )
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+    import models
+
+    path = models.resolve_model_path(model_name)
+    return models.load_base_model(path, load_in_4bit=False)
+
+
+def attach_lora(model, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def make_rows(args, vocab_size: int) -> list[dict]:
+    """``batch_size`` rows with prompts of about ``prompt_len`` tokens (+-20%) and ``max(ns)+1`` completions of about
+    ``completion_len`` tokens (ending with EOS). Deterministic: every mode sees the same ids."""
+    import torch
+
+    g = torch.Generator().manual_seed(args.seed)
+    num_completions = 1 + max(args.ns)
+    spread = max(1, args.prompt_len // 5)
+    rows = []
+    for _ in range(args.batch_size):
+        length = args.prompt_len + int(torch.randint(-spread, spread + 1, (1,), generator=g))
+        prompt = [BOS_ID] + torch.randint(3, vocab_size, (length - 1,), generator=g).tolist()
+        completions = []
+        for _ in range(num_completions):
+            n = max(1, args.completion_len - 1 + int(torch.randint(-2, 3, (1,), generator=g)))
+            completions.append(torch.randint(3, vocab_size, (n,), generator=g).tolist() + [EOS_ID])
+        rows.append({"prompt_input_ids": prompt, "completion_input_ids": completions})
+    return rows
+
+
+# ---- one step per mode -------------------------------------------------------------------------------------------
+
+
+def sft_step_fn(model, rows, lean: bool):
+    """SFT on prompt + chosen with the loss on completion tokens only."""
+    import torch
+
+    from trainer import SoftmaxDPOCollator, completion_logps
+
+    if lean:
+        batch = SoftmaxDPOCollator(PAD_ID)([{**r, "completion_input_ids": r["completion_input_ids"][:1]} for r in rows])
+        keys = ("prompt_input_ids", "prompt_attention_mask", "completion_input_ids", "completion_attention_mask")
+        num_tokens = batch["completion_attention_mask"].sum()
+
+        def loss_fn():
+            return -completion_logps(model, *(batch[k] for k in keys)).sum() / num_tokens
+
+        return loss_fn
+
+    # The usual SFT layout: prompt + completion, right-padded, labels -100 outside the completion.
+    sequences = [r["prompt_input_ids"] + r["completion_input_ids"][0] for r in rows]
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for b, (row, seq) in enumerate(zip(rows, sequences)):
+        input_ids[b, : len(seq)] = torch.tensor(seq)
+        attention_mask[b, : len(seq)] = 1
+        labels[b, len(row["prompt_input_ids"]) : len(seq)] = torch.tensor(row["completion_input_ids"][0])
+
+    def loss_fn():
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    return loss_fn
+
+
+def sdpo_step_fn(model, rows, num_negatives: int, forward: str, reference_adapter: str | None):
+    """S-DPO with ``num_negatives`` negatives; the reference is precomputed, or run on the fly from
+    ``reference_adapter``."""
+    from trainer import SoftmaxDPOCollator, completion_logps, sdpo_loss
+    from trainer.softmax_dpo_trainer import reference_mode
+
+    rows = [{**r, "completion_input_ids": r["completion_input_ids"][: 1 + num_negatives]} for r in rows]
+    batch = SoftmaxDPOCollator(PAD_ID)(rows)
+    inputs = [batch[k] for k in ("prompt_input_ids", "prompt_attention_mask", "completion_input_ids",
+                                 "completion_attention_mask")]
+
+    def reference():
+        with reference_mode(model, reference_adapter):
+            return completion_logps(model, *inputs, forward=forward)
+
+    precomputed = None if reference_adapter else reference()
+
+    def loss_fn():
+        ref = reference() if reference_adapter else precomputed
+        policy = completion_logps(model, *inputs, forward=forward)
+        losses, _, _ = sdpo_loss(policy[:, 0], policy[:, 1:], ref[:, 0], ref[:, 1:], beta=1.0)
+        return losses.mean()
+
+    return loss_fn
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_mode(args) -> dict:
+    """Time ``args.mode`` in this process; returns {"median_s", "step_s", "peak_rss_mb", "step_rss_mb"}."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = attach_lora(build_model(args.model_name, args.seed), args.seed)
+    rows = make_rows(args, model.config.vocab_size)
+    mode, _, n = args.mode.rpartition("_") if args.mode[-1].isdigit() else (args.mode, "", "")
+    if mode == "shared_ref":
+        # A second, frozen adapter of the same shape stands for the SFT reference (the cost does not depend on its
+        # weights); set_adapter makes "default" the trainable one again.
+        model.add_adapter("reference", model.peft_config["default"])
+        model.set_adapter("default")
+    model.train()
+    if mode in ("sft", "sft_lean"):
+        loss_fn = sft_step_fn(model, rows, lean=mode == "sft_lean")
+    else:
+        forward = "concat" if mode == "concat" else "shared"
+        loss_fn = sdpo_step_fn(model, rows, int(n), forward, "reference" if mode == "shared_ref" else None)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+
+    rss_before = peak_rss_mb()  # interpreter, libraries, model, data (and the precomputed reference pass)
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "step_s": times,
+        "peak_rss_mb": peak_rss_mb(),
+        "step_rss_mb": peak_rss_mb() - rss_before,
+    }
+
+
+# ---- evaluation throughput ---------------------------------------------------------------------------------------
+
+
+class _IdTokenizer:
+    """Just enough of a tokenizer for ``inference.generate_outputs`` on prompts given as token ids: a prompt is the
+    ids joined by spaces."""
+
+    pad_token_id, bos_token_id, eos_token_id = PAD_ID, BOS_ID, EOS_ID
+
+    def __call__(self, text: str, **_):
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [" ".join(str(int(t)) for t in row if int(t) not in (PAD_ID, BOS_ID, EOS_ID)) for row in ids]
+
+
+def eval_prompts_per_s(args) -> dict:
+    """Greedy generation throughput of the policy (prompts/s): {"naive": ..., "ours": ...}."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = attach_lora(build_model(args.model_name, args.seed), args.seed)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    spread = max(1, args.prompt_len // 3)
+    lengths = [args.prompt_len + int(torch.randint(-spread, spread + 1, (1,), generator=g)) for _ in range(args.eval_prompts)]
+    prompts = [[BOS_ID] + torch.randint(3, model.config.vocab_size, (n - 1,), generator=g).tolist() for n in lengths]
+    max_new_tokens = 20
+
+    def naive(peft_model, prompts):
+        # The original recipe: fixed-order batches, LoRA kept as separate matmuls.
+        for start in range(0, len(prompts), args.eval_batch_size):
+            chunk = prompts[start : start + args.eval_batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, p in enumerate(chunk):
+                ids[b, width - len(p) :] = torch.tensor(p)
+                mask[b, width - len(p) :] = 1
+            with torch.no_grad():
+                peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID)
+
+    try:
+        import inference
+
+        def ours(merged_model, prompts):
+            inference.generate_outputs(merged_model, _IdTokenizer(), [" ".join(map(str, p)) for p in prompts],
+                                       batch_size=args.eval_batch_size, max_new_tokens=max_new_tokens,
+                                       sort_by_length=True, progress=False)
+    except ImportError:  # without the project's evaluator: the merged model with the naive loop
+        logger.warning("inference.py not importable: 'ours' = merged LoRA with the naive loop")
+        ours = naive
+
+    def prompts_per_s(fn, eval_model):
+        eval_model.eval()
+        fn(eval_model, prompts[: args.eval_batch_size])  # warm-up
+        start = time.perf_counter()
+        fn(eval_model, prompts)
+        return len(prompts) / (time.perf_counter() - start)
+
+    result = {"naive": prompts_per_s(naive, model)}
+    result["ours"] = prompts_per_s(ours, model.merge_and_unload())
+    return result
+
+
+# ---- driver ------------------------------------------------------------------------------------------------------
+
+
+def _worker_command(args, mode: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--_worker", mode,
+            *[f"--{k}={v}" for k, v in _shared_flags(args).items()]]
+
+
+def _shared_flags(args) -> dict:
+    return dict(model_name=args.model_name, batch_size=args.batch_size, prompt_len=args.prompt_len,
+                completion_len=args.completion_len, ns=",".join(map(str, args.ns)), steps=args.steps,
+                warmup=args.warmup, threads=args.threads, seed=args.seed, eval_prompts=args.eval_prompts,
+                eval_batch_size=args.eval_batch_size)
+
+
+def _run_worker(args, mode: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(_worker_command(args, mode), capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mode {mode} failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    logger.info("%-14s %s", mode, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
+                                   if k != "step_s"})
+    return result
+
+
+def format_table(results: dict) -> str:
+    sft = results["sft_s"]
+    lines = [
+        f"SFT step (labels, all logits): {sft:.3f} s   SFT lean (completion logits only): "
+        f"{results['sft_lean_s']:.3f} s",
+        f"{'N':>3} | {'concat s':>9} {'x SFT':>6} | {'shared s':>9} {'x SFT':>6} | {'concat/shared':>13} | "
+        f"{'shared+ref s':>12} {'x SFT':>6}",
+    ]
+    for n, concat in results["concat_s"].items():
+        shared = results["shared_s"][n]
+        shared_ref = results["shared_ref_s"].get(n)
+        ref_cells = f"{shared_ref:>12.3f} {shared_ref / sft:>6.2f}" if shared_ref is not None else f"{'-':>12} {'':>6}"
+        lines.append(f"{n:>3} | {concat:>9.3f} {concat / sft:>6.2f} | {shared:>9.3f} {shared / sft:>6.2f} | "
+                     f"{concat / shared:>13.1f} | {ref_cells}")
+    rss = results["peak_rss_mb"]
+    shared_largest = rss[f"shared_{max(map(int, results['shared_s']))}"]
+    lines.append("peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+                 + f"   (shared/sft {shared_largest / rss['sft']:.3f})")
+    lines.append("RSS growth during steps MB: " + ", ".join(f"{k} {v:.0f}" for k, v in results["step_rss_mb"].items()))
+    if results.get("eval_prompts_per_s"):
+        e = results["eval_prompts_per_s"]
+        lines.append(f"eval prompts/s: naive {e['naive']:.2f}, ours {e['ours']:.2f} ({e['ours'] / e['naive']:.2f}x)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name", default="tiny", help="'tiny' (random LLaMA, vocab 8000), 'smollm2-135m', or a path")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--prompt_len", type=int, default=180, help="mean prompt length in tokens (+-20%%)")
+    parser.add_argument("--completion_len", type=int, default=6, help="mean completion length in tokens, EOS included")
+    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[1, 3, 7, 15],
+                        help="numbers of negatives, comma-separated")
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per mode (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_prompts", type=int, default=32, help="prompts for the generation throughput (0: skip)")
+    parser.add_argument("--eval_batch_size", type=int, default=8)
+    parser.add_argument("--no_ref_adapter", action="store_true", help="skip the on-the-fly reference variant")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker is not None:
+        args.mode = args._worker
+        result = eval_prompts_per_s(args) if args.mode == "eval" else run_mode(args)
+        print(json.dumps(result))
+        return
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    raw = {mode: _run_worker(args, mode) for mode in ["sft", "sft_lean"]
+           + [f"{kind}_{n}" for kind in ("shared", "concat") for n in args.ns]
+           + ([] if args.no_ref_adapter else [f"shared_ref_{n}" for n in args.ns])}
+    largest = max(args.ns)
+    results = {
+        "sft_s": raw["sft"]["median_s"],
+        "sft_lean_s": raw["sft_lean"]["median_s"],
+        "concat_s": {str(n): raw[f"concat_{n}"]["median_s"] for n in args.ns},
+        "shared_s": {str(n): raw[f"shared_{n}"]["median_s"] for n in args.ns},
+        "shared_ref_s": {str(n): raw[f"shared_ref_{n}"]["median_s"] for n in args.ns if f"shared_ref_{n}" in raw},
+        "peak_rss_mb": {m: raw[m]["peak_rss_mb"] for m in ("sft", f"concat_{largest}", f"shared_{largest}")},
+        "step_rss_mb": {m: raw[m]["step_rss_mb"] for m in ("sft", f"concat_{largest}", f"shared_{largest}")},
+        "eval_prompts_per_s": _run_worker(args, "eval") if args.eval_prompts else None,
+        "config": {**_shared_flags(args), "ns": args.ns, "torch_threads": args.threads,
+                   "lora": {"r": 8, "alpha": 32, "targets": LORA_TARGETS}, "dtype": "float32", "device": "cpu",
+                   "load_average_at_end": os.getloadavg()},
+        "step_s_all": {mode: r["step_s"] for mode, r in raw.items()},
+    }
+    table = format_table(results)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        logger.info("wrote %s", args.json)
+
+
+if __name__ == "__main__":
+    main()
