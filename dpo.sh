@@ -3,22 +3,23 @@
 # them in the environment); extra flags pass through: bash dpo.sh --beta 0.5
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper (4x A100)
-MODEL_NAME=${MODEL_NAME:-tiny}                     # meta-llama/Llama-2-7b-hf
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 SFT_CHECKPOINT=${SFT_CHECKPOINT:-$OUTPUT_ROOT/sft/final_checkpoint}
 NPROC=${NPROC:-1}                                  # 4 (torchrun)
-BATCH_SIZE=${BATCH_SIZE:-16}                       # 4
+BATCH_SIZE=${BATCH_SIZE:-4}                        # 4
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}  # 8
-LEARNING_RATE=${LEARNING_RATE:-1e-4}               # 1e-5
+LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 3
-MAX_STEPS=${MAX_STEPS:-60}                         # -1 (use epochs)
+MAX_STEPS=${MAX_STEPS:-6}                          # -1 (use epochs)
 CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
-EVAL_STEP=${EVAL_STEP:-30}                         # 40
+EVAL_STEP=${EVAL_STEP:-6}                          # 40
 BETA=${BETA:-1.0}                                  # 1.0
 FORWARD=${FORWARD:-shared}                         # shared (prompt encoded once) | concat (1+N copies)
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
+MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}            # 200
 SEED=${SEED:-0}
 WANDB_PROJECT=${WANDB_PROJECT:-}
 WANDB_NAME=${WANDB_NAME:-dpo}
@@ -32,4 +33,5 @@ source "$(dirname "$0")/common.sh"
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" --beta "$BETA" \
     --forward "$FORWARD" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
+    --max_eval_samples "$MAX_EVAL_SAMPLES" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

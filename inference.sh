@@ -3,13 +3,13 @@
 # them in the environment); extra flags pass through: bash inference.sh --max_samples 100
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper
-MODEL_NAME=${MODEL_NAME:-tiny}                     # meta-llama/Llama-2-7b-hf
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 METHODS=${METHODS:-"sft dpo sdpo"}                 # stages under $OUTPUT_ROOT to evaluate
-BATCH_SIZE=${BATCH_SIZE:-32}                       # 16
-MAX_SAMPLES=${MAX_SAMPLES:-500}                    # empty: the whole test split
+BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
+MAX_SAMPLES=${MAX_SAMPLES:-100}                    # empty: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
 SEED=${SEED:-0}
 # -------------------------------------------------------------------------------------------------

@@ -3,19 +3,20 @@
 #   bash sft.sh --max_steps 10
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper (4x A100)
-MODEL_NAME=${MODEL_NAME:-tiny}                     # meta-llama/Llama-2-7b-hf
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 NPROC=${NPROC:-1}                                  # 4 (torchrun)
-BATCH_SIZE=${BATCH_SIZE:-16}                       # 4
+BATCH_SIZE=${BATCH_SIZE:-8}                        # 4
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}  # 8  (4 x 8 x 4 GPUs = 128)
-LEARNING_RATE=${LEARNING_RATE:-2e-3}               # 1e-5
+LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 5
-MAX_STEPS=${MAX_STEPS:-300}                        # -1 (use epochs)
+MAX_STEPS=${MAX_STEPS:-10}                         # -1 (use epochs)
 CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
-EVAL_STEP=${EVAL_STEP:-100}                        # 40
+EVAL_STEP=${EVAL_STEP:-10}                         # 40
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
+MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}            # 200
 SEED=${SEED:-0}
 WANDB_PROJECT=${WANDB_PROJECT:-}                   # e.g. sdpo (offline unless WANDB_MODE=online)
 WANDB_NAME=${WANDB_NAME:-sft}
@@ -27,4 +28,5 @@ source "$(dirname "$0")/common.sh"
     --batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS" \
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
+    --max_eval_samples "$MAX_EVAL_SAMPLES" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

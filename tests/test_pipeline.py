@@ -18,7 +18,7 @@ import sft
 import softmax_dpo
 from conftest import LASTFM_SAMPLE, REPO
 
-FAST = {"BATCH_SIZE": "4", "MAX_STEPS": "4", "EVAL_STEP": "2", "MAX_TRAIN_SAMPLES": "48", "MAX_SAMPLES": "12"}
+FAST = {"MODEL_NAME": "tiny", "MAX_EVAL_SAMPLES": "8", "BATCH_SIZE": "4", "MAX_STEPS": "4", "EVAL_STEP": "2", "MAX_TRAIN_SAMPLES": "48", "MAX_SAMPLES": "12"}
 
 
 def run_script(*args, env=None, check=True):
