@@ -1,0 +1,36 @@
+"""Stage plumbing: wandb settings, device-dependent training arguments, output-dir safety."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import runtime
+
+
+def test_wandb_only_when_a_project_is_given_and_offline_by_default(monkeypatch, tmp_path):
+    for key in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_NAME", "WANDB_DIR", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    assert runtime.report_to("", "") == []
+    assert "WANDB_MODE" not in os.environ
+    assert runtime.report_to("sdpo", "run-1", str(tmp_path / "logs")) == ["wandb"]
+    env = os.environ
+    assert env["WANDB_MODE"] == "offline" and env["WANDB_PROJECT"] == "sdpo" and env["WANDB_NAME"] == "run-1"
+    assert env["WANDB_DIR"] == str(tmp_path / "logs") and (tmp_path / "logs").is_dir()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    runtime.report_to("sdpo", "run-1")
+    assert env["WANDB_MODE"] == "online"  # an explicit choice is respected
+
+
+def test_cpu_training_is_fp32_without_checkpointing():
+    arguments = runtime.device_training_arguments()
+    assert arguments["bf16"] is False and arguments["gradient_checkpointing"] is False
+
+
+def test_output_dir_with_a_finished_run_needs_the_overwrite_flag(tmp_path):
+    (tmp_path / runtime.FINAL_CHECKPOINT).mkdir()
+    with pytest.raises(runtime.UsageError, match="--overwrite_output_dir"):
+        runtime.check_output_dir(tmp_path, overwrite=False, finished_marker=runtime.FINAL_CHECKPOINT)
+    assert runtime.check_output_dir(tmp_path, overwrite=True, finished_marker=runtime.FINAL_CHECKPOINT) == tmp_path
+    assert runtime.check_output_dir(tmp_path / "new", overwrite=False, finished_marker="x") == tmp_path / "new"
