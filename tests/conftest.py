@@ -28,6 +28,8 @@ def private_model_cache(tmp_path_factory):
     """Built models (the tiny LLaMA) go to a per-session cache, never to the user's ~/.cache."""
     os.environ["SDPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("model_cache"))
     os.environ.setdefault("WANDB_MODE", "disabled")
+    # Tests check behaviour, not quality: a smaller tiny model keeps the suite fast on 2 cores.
+    os.environ["SDPO_TINY_CONFIG"] = '{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}'
     yield
 
 
