@@ -11,7 +11,8 @@ LoRA adapter (r=8 on q/k/v/o/gate/up/down) and the same random prompts, does ``-
 * ``sft``: prompt + chosen, next-token loss on the completion only, the standard way (``model(..., labels=...)``,
   logits for every position), as an SFT trainer does it;
 * ``sft_lean``: the same loss through ``completion_logps`` (logits only where a completion token is predicted);
-* ``concat_N``: S-DPO with N negatives, B*(1+N) full prompt+completion sequences;
+* ``concat_N``: S-DPO with N negatives, B*(1+N) full prompt+completion sequences, log-softmax at every position
+  (the original code's way); ``concat_lean_N`` (largest N only) takes the log-softmax on completion positions only;
 * ``shared_N``: S-DPO with N negatives, each prompt encoded once with its 1+N completions packed after it;
 * ``shared_ref_N``: ``shared_N`` plus the on-the-fly reference (a frozen second adapter run under no_grad each step).
 
@@ -145,6 +146,20 @@ def sft_step_fn(model, rows, lean: bool):
     return loss_fn
 
 
+def concat_lean_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+    """``forward="concat"`` with one saving the original code does not have: log-softmax only over the positions
+    that predict completion tokens. Reported next to concat to separate the two effects."""
+    import torch
+
+    batch_size, prompt_len = prompt_ids.shape
+    _, k, c = completion_ids.shape
+    ids = torch.cat([prompt_ids.repeat_interleave(k, 0), completion_ids.reshape(batch_size * k, c)], 1)
+    mask = torch.cat([prompt_mask.repeat_interleave(k, 0), completion_mask.reshape(batch_size * k, c)], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    logps = logits[:, prompt_len - 1 : -1].float().log_softmax(-1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
+    return (logps * mask[:, prompt_len:]).sum(-1).view(batch_size, k)
+
+
 def sdpo_step_fn(model, rows, num_negatives: int, forward: str, reference_adapter: str | None):
     """S-DPO with ``num_negatives`` negatives; the reference is precomputed, or run on the fly from
     ``reference_adapter``."""
@@ -156,15 +171,20 @@ def sdpo_step_fn(model, rows, num_negatives: int, forward: str, reference_adapte
     inputs = [batch[k] for k in ("prompt_input_ids", "prompt_attention_mask", "completion_input_ids",
                                  "completion_attention_mask")]
 
+    def logps():
+        if forward == "concat_lean":
+            return concat_lean_logps(model, *inputs)
+        return completion_logps(model, *inputs, forward=forward)
+
     def reference():
         with reference_mode(model, reference_adapter):
-            return completion_logps(model, *inputs, forward=forward)
+            return logps()
 
     precomputed = None if reference_adapter else reference()
 
     def loss_fn():
         ref = reference() if reference_adapter else precomputed
-        policy = completion_logps(model, *inputs, forward=forward)
+        policy = logps()
         losses, _, _ = sdpo_loss(policy[:, 0], policy[:, 1:], ref[:, 0], ref[:, 1:], beta=1.0)
         return losses.mean()
 
@@ -176,7 +196,8 @@ def peak_rss_mb() -> float:
 
 
 def run_mode(args) -> dict:
-    """Time ``args.mode`` in this process; returns {"median_s", "step_s", "peak_rss_mb", "step_rss_mb"}."""
+    """Time ``args.mode`` in this process; returns {"median_s", "median_cpu_s", "step_s", "peak_rss_mb",
+    "step_rss_mb"}."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -192,7 +213,7 @@ def run_mode(args) -> dict:
     if mode in ("sft", "sft_lean"):
         loss_fn = sft_step_fn(model, rows, lean=mode == "sft_lean")
     else:
-        forward = "concat" if mode == "concat" else "shared"
+        forward = mode if mode in ("concat", "concat_lean") else "shared"
         loss_fn = sdpo_step_fn(model, rows, int(n), forward, "reference" if mode == "shared_ref" else None)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -205,13 +226,16 @@ def run_mode(args) -> dict:
     rss_before = peak_rss_mb()  # interpreter, libraries, model, data (and the precomputed reference pass)
     for _ in range(args.warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "median_s": statistics.median(times),
+        # CPU seconds of the process (all threads): less sensitive than wall time to other jobs on the machine.
+        "median_cpu_s": statistics.median(cpu_times),
         "step_s": times,
         "peak_rss_mb": peak_rss_mb(),
         "step_rss_mb": peak_rss_mb() - rss_before,
@@ -300,12 +324,15 @@ def _shared_flags(args) -> dict:
 
 def _run_worker(args, mode: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(_worker_command(args, mode), capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"mode {mode} failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Other jobs on the machine distort timings (OpenMP threads spin-wait for a busy core): keep the evidence.
+    result["load_avg_1min"] = [load_before, os.getloadavg()[0]]
     logger.info("%-14s %s", mode, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
-                                   if k != "step_s"})
+                                   if k not in ("step_s", "load_avg_1min")})
     return result
 
 
@@ -317,12 +344,16 @@ def format_table(results: dict) -> str:
         f"{'N':>3} | {'concat s':>9} {'x SFT':>6} | {'shared s':>9} {'x SFT':>6} | {'concat/shared':>13} | "
         f"{'shared+ref s':>12} {'x SFT':>6}",
     ]
-    for n, concat in results["concat_s"].items():
-        shared = results["shared_s"][n]
+    for n, shared in results["shared_s"].items():
+        concat = results["concat_s"].get(n)
         shared_ref = results["shared_ref_s"].get(n)
-        ref_cells = f"{shared_ref:>12.3f} {shared_ref / sft:>6.2f}" if shared_ref is not None else f"{'-':>12} {'':>6}"
-        lines.append(f"{n:>3} | {concat:>9.3f} {concat / sft:>6.2f} | {shared:>9.3f} {shared / sft:>6.2f} | "
-                     f"{concat / shared:>13.1f} | {ref_cells}")
+        concat_cells = f"{concat:>9.3f} {concat / sft:>6.2f}" if concat else f"{'-':>9} {'':>6}"
+        speedup = f"{concat / shared:>13.1f}" if concat else f"{'-':>13}"
+        ref_cells = f"{shared_ref:>12.3f} {shared_ref / sft:>6.2f}" if shared_ref else f"{'-':>12} {'':>6}"
+        lines.append(f"{n:>3} | {concat_cells} | {shared:>9.3f} {shared / sft:>6.2f} | {speedup} | {ref_cells}")
+    for n, lean in results.get("concat_lean_s", {}).items():
+        lines.append(f"concat with log-softmax on completion positions only, N={n}: {lean:.3f} s "
+                     f"({lean / sft:.2f} x SFT, {lean / results['shared_s'][n]:.1f} x shared)")
     rss = results["peak_rss_mb"]
     shared_largest = rss[f"shared_{max(map(int, results['shared_s']))}"]
     lines.append("peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
@@ -348,6 +379,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_prompts", type=int, default=32, help="prompts for the generation throughput (0: skip)")
     parser.add_argument("--eval_batch_size", type=int, default=8)
+    parser.add_argument("--concat_ns", type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+                        help="numbers of negatives for the (slow) concat mode; default: --ns; '' skips it")
     parser.add_argument("--no_ref_adapter", action="store_true", help="skip the on-the-fly reference variant")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
@@ -360,22 +393,30 @@ def main(argv=None):
         return
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    concat_ns = args.ns if args.concat_ns is None else args.concat_ns
     raw = {mode: _run_worker(args, mode) for mode in ["sft", "sft_lean"]
-           + [f"{kind}_{n}" for kind in ("shared", "concat") for n in args.ns]
+           + [f"shared_{n}" for n in args.ns] + [f"concat_{n}" for n in concat_ns]
+           + [f"concat_lean_{n}" for n in concat_ns if n == max(concat_ns)]
            + ([] if args.no_ref_adapter else [f"shared_ref_{n}" for n in args.ns])}
     largest = max(args.ns)
+    memory_modes = [m for m in ("sft", f"concat_{largest}", f"shared_{largest}") if m in raw]
     results = {
         "sft_s": raw["sft"]["median_s"],
         "sft_lean_s": raw["sft_lean"]["median_s"],
-        "concat_s": {str(n): raw[f"concat_{n}"]["median_s"] for n in args.ns},
+        "concat_s": {str(n): raw[f"concat_{n}"]["median_s"] for n in concat_ns},
+        "concat_lean_s": {m.rpartition("_")[2]: r["median_s"] for m, r in raw.items() if m.startswith("concat_lean")},
         "shared_s": {str(n): raw[f"shared_{n}"]["median_s"] for n in args.ns},
         "shared_ref_s": {str(n): raw[f"shared_ref_{n}"]["median_s"] for n in args.ns if f"shared_ref_{n}" in raw},
-        "peak_rss_mb": {m: raw[m]["peak_rss_mb"] for m in ("sft", f"concat_{largest}", f"shared_{largest}")},
-        "step_rss_mb": {m: raw[m]["step_rss_mb"] for m in ("sft", f"concat_{largest}", f"shared_{largest}")},
-        "eval_prompts_per_s": _run_worker(args, "eval") if args.eval_prompts else None,
+        "peak_rss_mb": {m: raw[m]["peak_rss_mb"] for m in memory_modes},
+        "step_rss_mb": {m: raw[m]["step_rss_mb"] for m in memory_modes},
+        "eval_prompts_per_s": (
+            {k: v for k, v in _run_worker(args, "eval").items() if k in ("naive", "ours")} if args.eval_prompts else None
+        ),
         "config": {**_shared_flags(args), "ns": args.ns, "torch_threads": args.threads,
                    "lora": {"r": 8, "alpha": 32, "targets": LORA_TARGETS}, "dtype": "float32", "device": "cpu",
-                   "load_average_at_end": os.getloadavg()},
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_end": os.getloadavg()},
+        "cpu_s": {mode: r["median_cpu_s"] for mode, r in raw.items()},
+        "load_avg_1min": {mode: r["load_avg_1min"] for mode, r in raw.items()},
         "step_s_all": {mode: r["step_s"] for mode, r in raw.items()},
     }
     table = format_table(results)

@@ -83,30 +83,30 @@ def test_collator_padding():
 
 
 def test_packed_layout():
-    # Row 0: prompt of 2 real tokens (1 left pad); completions of 2 and 1 tokens -> packed back to back.
-    # Row 1: prompt of 3 tokens; completions of 1 and 1 token -> one trailing pad.
+    # Row 0: prompt of 2 real tokens (1 left pad); completions of 2 and 1 tokens -> packed back to back, 1 trailing pad.
+    # Row 1: prompt of 3 tokens; completions of 2 and 1 tokens -> 6 tokens, no padding.
     packed = pack_prompt_with_completions(
         torch.tensor([[0, 11, 12], [13, 14, 15]]),
         torch.tensor([[0, 1, 1], [1, 1, 1]]),
-        torch.tensor([[[21, 22], [23, 0]], [[24, 0], [25, 0]]]),
-        torch.tensor([[[1, 1], [1, 0]], [[1, 0], [1, 0]]]),
+        torch.tensor([[[21, 22], [23, 0]], [[24, 0], [25, 26]]]),
+        torch.tensor([[[1, 1], [1, 0]], [[1, 0], [1, 1]]]),
     )
-    assert packed["input_ids"].tolist() == [[0, 11, 12, 21, 22, 23], [13, 14, 15, 24, 25, 0]]
-    assert packed["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2], [0, 1, 2, 3, 3, 3]]
-    assert packed["segment"].tolist() == [[-1, -1, -1, 0, 0, 1], [-1, -1, -1, 0, 1, -2]]
-    assert packed["is_last"].tolist() == [[False] * 4 + [True, True], [False] * 3 + [True, True, False]]
+    assert packed["input_ids"].tolist() == [[11, 12, 21, 22, 23, 0], [13, 14, 15, 24, 25, 26]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0], [0, 1, 2, 3, 3, 4]]
+    assert packed["segment"].tolist() == [[-1, -1, 0, 0, 1, -2], [-1, -1, -1, 0, 1, 1]]
+    assert packed["is_prompt_end"].int().tolist() == [[0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]]
+    assert packed["is_last"].int().tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 1]]
     mask = packed["attention_mask"]
     assert mask.shape == (2, 1, 6, 6) and mask.dtype == torch.bool
     assert mask[0, 0].int().tolist() == [
-        [1, 0, 0, 0, 0, 0],  # a pad query sees only itself
-        [0, 1, 0, 0, 0, 0],
-        [0, 1, 1, 0, 0, 0],
-        [0, 1, 1, 1, 0, 0],  # completion 0 sees the real prompt and itself causally
-        [0, 1, 1, 1, 1, 0],
-        [0, 1, 1, 0, 0, 1],  # completion 1 does not see completion 0
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],  # completion 0 sees the prompt and itself causally
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # completion 1 does not see completion 0
+        [1, 1, 0, 0, 0, 1],  # trailing pad: the prompt and itself (never read)
     ]
-    assert mask[1, 0, 4].int().tolist() == [1, 1, 1, 0, 1, 0]
-    assert mask[1, 0, 5].int().tolist() == [1, 1, 1, 0, 0, 1]  # trailing pad: prompt and itself, never read
+    assert mask[1, 0, 5].int().tolist() == [1, 1, 1, 0, 1, 1]
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

@@ -4,8 +4,8 @@ One function, :func:`completion_logps`, is used everywhere a log-probability of 
 reference, precomputation, evaluation). It has two modes:
 
 ``forward="shared"`` (default)
-    Each example is packed into ONE sequence ``[prompt | c_0 | c_1 | ... | c_{K-1}]`` (completions back to back,
-    no padding between them) and run through the model once. A 4-D block attention mask lets every completion see
+    Each example is packed into ONE sequence ``[prompt | c_0 | c_1 | ... | c_{K-1}]`` (real tokens only, back to
+    back; rows are right-padded to the longest) and run through the model once. A 4-D block attention mask lets every completion see
     the prompt's real tokens and itself (causally), never the other completions, and position ids restart at the
     prompt length for each completion, so each completion is scored exactly as if it followed the prompt alone. The prompt is encoded once per example instead of K times, and
     gradients from all K completions flow back through that single encoding. Being one ordinary model call, it works
@@ -17,7 +17,7 @@ reference, precomputation, evaluation). It has two modes:
 
 ``forward="concat"``
     The straightforward layout of the original S-DPO code: B*K full sequences ``prompt + completion`` in one model
-    call, an ordinary 2-D padding mask, logits for every position. Its cost grows with K times the prompt length.
+    call, an ordinary 2-D padding mask, logits and log-softmax at every position (as its ``_get_batch_logps``). Its cost grows with K times the prompt length.
     It is an independent implementation kept as the reference (tests compare the two) and for the benchmark.
 
 The shared mode needs an attention implementation that takes an arbitrary 4-D mask: "sdpa" (bool mask) or "eager"
@@ -58,68 +58,74 @@ def pack_prompt_with_completions(
 ) -> dict[str, torch.Tensor]:
     """Pack each prompt and its K completions into one row ``[prompt | c_0 | c_1 | ... | c_{K-1} | pad]``.
 
-    The completions are laid back to back with no padding between them (their lengths differ), so a row holds
-    ``P + sum_k len_k`` positions and rows are right-padded to the longest.
+    Only real tokens are packed, back to back (prompt padding and the padding between completions of different
+    lengths are dropped), so row b holds ``n_b + sum_k len_k`` tokens; rows are right-padded to the longest.
 
     Args:
-        prompt_input_ids: ``[B, P]`` LEFT-padded prompts; prompt_attention_mask: ``[B, P]``, 1 for real tokens.
-        completion_input_ids: ``[B, K, C]`` RIGHT-padded completions, each with at least one token;
-        completion_attention_mask: ``[B, K, C]``, 1 for real tokens.
+        prompt_input_ids: ``[B, P]`` padded prompts (the collator pads on the left);
+        prompt_attention_mask: ``[B, P]``, 1 for real tokens, at least one per row.
+        completion_input_ids: ``[B, K, C]`` RIGHT-padded completions;
+        completion_attention_mask: ``[B, K, C]``, 1 for real tokens, at least one per completion.
 
-    Returns a dict of
-        input_ids: ``[B, L]``.
-        attention_mask: ``[B, 1, L, L]`` bool, True where a query may attend to a key: every completion sees the
-            prompt's real tokens and its own earlier tokens, never another completion.
-        position_ids: ``[B, L]``: prompt tokens 0..n_b-1 (n_b = real prompt length); completion tokens restart at n_b,
-            exactly the positions they would have following the prompt alone.
-        segment: ``[B, L]``: -1 prompt, k for completion k, -2 trailing padding.
-        is_last: ``[B, L]`` bool, True on the last token of each completion (its logits predict nothing needed).
+    Returns a dict of ``[B, L]`` tensors
+        input_ids;
+        position_ids: prompt tokens 0..n_b-1 (n_b = real prompt length); each completion restarts at n_b, exactly
+            the positions it would have following the prompt alone;
+        segment: -1 prompt, k for completion k, -2 trailing padding;
+        is_prompt_end: True on the last prompt token (its logits predict the first token of every completion);
+        is_last: True on the last token of each completion (its logits predict nothing we need);
+    and attention_mask: ``[B, 1, L, L]`` bool, True where a query may attend to a key: every completion sees the
+    prompt and its own earlier tokens, never another completion.
     """
     batch_size, prompt_len = prompt_input_ids.shape
     _, num_completions, completion_len = completion_input_ids.shape
     device = prompt_input_ids.device
-    lengths = completion_attention_mask.sum(dim=-1)  # [B, K]
-    if (lengths == 0).any():
-        raise ValueError("every completion needs at least one token")
+    if (completion_attention_mask.sum(dim=-1) == 0).any() or (prompt_attention_mask.sum(dim=-1) == 0).any():
+        raise ValueError("every prompt and every completion needs at least one token")
 
-    # Move the real completion tokens of each row to the front, in order (completion 0 first), via scatter.
-    real = completion_attention_mask.reshape(batch_size, -1).bool()  # [B, K*C]
-    packed_len = int(lengths.sum(dim=-1).max())
-    destination = torch.where(real, real.long().cumsum(dim=-1) - 1, packed_len)  # pads go to a dropped column
+    # Source layout [prompt | c_0 | ... | c_{K-1}] with padding; the real tokens are moved to the front of each row,
+    # in order, by one scatter per field.
+    real = torch.cat([prompt_attention_mask, completion_attention_mask.reshape(batch_size, -1)], dim=1).bool()
+    packed_len = int(real.sum(dim=1).max())
+    destination = torch.where(real, real.long().cumsum(dim=1) - 1, packed_len)  # padding goes to a dropped column
 
     def pack(values: torch.Tensor, fill: int) -> torch.Tensor:
         out = torch.full((batch_size, packed_len + 1), fill, dtype=values.dtype, device=device)
         return out.scatter_(1, destination, values.expand(batch_size, -1))[:, :packed_len]
 
-    completion_ids = pack(completion_input_ids.reshape(batch_size, -1), 0)
-    completion_segment = pack(torch.arange(num_completions, device=device).repeat_interleave(completion_len)[None], -2)
-    offset = pack(torch.arange(completion_len, device=device).repeat(num_completions)[None], 0)
-    completion_real = completion_segment >= 0
-    # Last token of its completion: the next packed token starts another completion (offset 0) or is padding.
-    next_offset = torch.cat([offset[:, 1:], torch.zeros_like(offset[:, :1])], dim=1)
-    is_last = completion_real & (next_offset == 0)
+    real_prompt_len = prompt_attention_mask.sum(dim=1, keepdim=True)  # [B, 1]
+    source_positions = torch.cat(
+        [
+            prompt_attention_mask.long().cumsum(dim=1) - 1,
+            real_prompt_len + torch.arange(completion_len, device=device).repeat(num_completions),
+        ],
+        dim=1,
+    )
+    source_segment = torch.cat(
+        [
+            torch.full((prompt_len,), -1, device=device),
+            torch.arange(num_completions, device=device).repeat_interleave(completion_len),
+        ]
+    )
+    input_ids = pack(torch.cat([prompt_input_ids, completion_input_ids.reshape(batch_size, -1)], dim=1), 0)
+    position_ids = pack(source_positions, 0)
+    segment = pack(source_segment[None], -2)
+    next_segment = torch.cat([segment[:, 1:], torch.full_like(segment[:, :1], -2)], dim=1)
 
-    input_ids = torch.cat([prompt_input_ids, completion_ids], dim=1)
-    segment = torch.cat([torch.full_like(prompt_input_ids, -1), completion_segment], dim=1)
-    key_is_real = torch.cat([prompt_attention_mask.bool(), completion_real], dim=1)
-    total_len = segment.shape[1]
-    index = torch.arange(total_len, device=device)
+    index = torch.arange(packed_len, device=device)
     causal = index[:, None] >= index[None, :]
     visible = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1)
-    attention_mask = causal[None] & visible & key_is_real[:, None, :]
+    attention_mask = causal[None] & visible & (segment != -2)[:, None, :]
     # Padding queries would otherwise see no key at all; a fully masked softmax row gives NaN (eager) that can leak
     # into gradients. Letting every position see itself keeps all rows finite; no real token ever attends to a pad.
-    attention_mask |= torch.eye(total_len, dtype=torch.bool, device=device)[None]
-
-    real_prompt_len = prompt_attention_mask.sum(dim=1, keepdim=True)  # [B, 1]
-    prompt_positions = (prompt_attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    position_ids = torch.cat([prompt_positions, real_prompt_len + offset], dim=1)
+    attention_mask |= torch.eye(packed_len, dtype=torch.bool, device=device)[None]
     return {
         "input_ids": input_ids,
-        "attention_mask": attention_mask[:, None],
         "position_ids": position_ids,
         "segment": segment,
-        "is_last": torch.cat([torch.zeros_like(prompt_attention_mask, dtype=torch.bool), is_last], dim=1),
+        "is_prompt_end": (segment == -1) & (next_segment != -1),
+        "is_last": (segment >= 0) & (next_segment != segment),
+        "attention_mask": attention_mask[:, None],
     }
 
 
@@ -131,8 +137,7 @@ def _packed_completion_logps(
     completion_attention_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Summed log-probs ``[B, K]`` of K completions packed after one prompt per row (one model call)."""
-    batch_size, prompt_len = prompt_input_ids.shape
-    num_completions = completion_input_ids.shape[1]
+    batch_size, num_completions = completion_input_ids.shape[:2]
     packed = pack_prompt_with_completions(
         prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
     )
@@ -148,9 +153,7 @@ def _packed_completion_logps(
     # Logits are needed only where they predict a completion token: at the last prompt position (first token of
     # every completion) and at each completion token that is not its completion's last. Only those M positions go
     # through the LM head; the output is flattened row-major to [M, V].
-    segment = packed["segment"]
-    is_prompt_end = torch.zeros_like(segment, dtype=torch.bool)
-    is_prompt_end[:, prompt_len - 1] = True
+    segment, is_prompt_end = packed["segment"], packed["is_prompt_end"]
     keep = is_prompt_end | ((segment >= 0) & ~packed["is_last"])
     logits = model(
         input_ids=packed["input_ids"],
@@ -187,8 +190,9 @@ def _concat_completion_logps(
     completion_input_ids: torch.Tensor,
     completion_attention_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Summed log-probs ``[B, K]`` from B*K independent ``prompt + completion`` rows, the way the original S-DPO code
-    scores them: an ordinary 2-D padding mask and the logits of every position."""
+    """Summed log-probs ``[B, K]`` from B*K independent ``prompt + completion`` rows, computed the way the original
+    S-DPO code does it: an ordinary 2-D padding mask, logits and log-softmax at every position, the prompt masked out
+    of the sum."""
     batch_size, prompt_len = prompt_input_ids.shape
     _, num_completions, completion_len = completion_input_ids.shape
     input_ids = torch.cat(
@@ -209,12 +213,12 @@ def _concat_completion_logps(
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).logits  # [B*K, P+C, V]
-    # Completion token t is predicted at position P-1+t.
-    completion_logits = logits[:, prompt_len - 1 : prompt_len + completion_len - 1].float()
-    token_logps = completion_logits.log_softmax(dim=-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
-    mask = attention_mask[:, prompt_len:]
-    return (token_logps * mask).sum(dim=-1).view(batch_size, num_completions)
+    ).logits.float()  # [B*K, P+C, V]
+    # Token i+1 is predicted at position i; only completion tokens count.
+    is_completion = torch.zeros_like(attention_mask, dtype=torch.bool)
+    is_completion[:, prompt_len:] = attention_mask[:, prompt_len:].bool()
+    token_logps = logits[:, :-1].log_softmax(dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (token_logps * is_completion[:, 1:]).sum(dim=-1).view(batch_size, num_completions)
 
 
 def completion_logps(
