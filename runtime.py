@@ -90,6 +90,24 @@ def device_training_arguments() -> dict:
     }
 
 
+def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumulation_steps: int,
+                             learning_rate: float, num_train_epochs: float, max_steps: int, eval_step: int,
+                             seed: int, wandb_project: str, wandb_name: str, logging_dir: str | None) -> dict:
+    """The TrainingArguments every training stage shares, from its flags."""
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "learning_rate": learning_rate,
+        "num_train_epochs": num_train_epochs,
+        "max_steps": max_steps,
+        "seed": seed,
+        **device_training_arguments(),
+        **training_schedule_arguments(eval_step, wandb_name or None, report_to(wandb_project, wandb_name, logging_dir)),
+    }
+
+
 def training_schedule_arguments(eval_step: int, run_name: str | None, report: list[str]) -> dict:
     """Evaluation/saving every `eval_step` steps, keeping the best checkpoint by eval loss."""
     return {

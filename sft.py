@@ -73,18 +73,10 @@ def train(
         return Dataset.from_list([di.tokenize_sft_row(tokenizer, row, cutoff_len) for row in rows])
 
     config = SFTConfig(
-        output_dir=str(output),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
         max_length=None,  # prompts are already cut from the left by `encode_prompt`
-        seed=seed,
-        **runtime.device_training_arguments(),
-        **runtime.training_schedule_arguments(
-            eval_step, wandb_name or None, runtime.report_to(wandb_project, wandb_name, logging_dir)),
+        **runtime.stage_training_arguments(output, batch_size, gradient_accumulation_steps, learning_rate,
+                                           num_train_epochs, max_steps, eval_step, seed, wandb_project,
+                                           wandb_name, logging_dir),
     )
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),

@@ -86,21 +86,13 @@ def train(
         return Dataset.from_list([di.tokenize_preference_row(tokenizer, row, cutoff_len) for row in rows])
 
     config = SoftmaxDPOConfig(
-        output_dir=str(output),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
         beta=beta,
         forward=forward,
         precompute_ref_log_probs=precompute_ref_log_probs,
         reference_adapter_name=REFERENCE_ADAPTER,
-        seed=seed,
-        **runtime.device_training_arguments(),
-        **runtime.training_schedule_arguments(
-            eval_step, wandb_name or None, runtime.report_to(wandb_project, wandb_name, logging_dir)),
+        **runtime.stage_training_arguments(output, batch_size, gradient_accumulation_steps, learning_rate,
+                                           num_train_epochs, max_steps, eval_step, seed, wandb_project,
+                                           wandb_name, logging_dir),
     )
     trainer = SoftmaxDPOTrainer(
         model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
