@@ -219,3 +219,22 @@ def test_four_bit_nf4_is_chosen_on_cuda_only():
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert models.quantization_config_for("cpu") is None
     assert models.quantization_config_for("cuda", load_in_4bit=False) is None
+
+
+def test_sft_resumes_a_killed_run_to_the_same_adapter(synthetic_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    common = {"model_name": "tiny", "dataset": str(synthetic_dir), "batch_size": 4, "max_steps": 4, "eval_step": 2,
+              "max_eval_samples": 8, "learning_rate": 3e-3}
+    whole = sft.train(output_dir=str(tmp_path / "whole"), **common)
+    # A run killed after step 2 leaves checkpoint-2 behind; resuming from it finishes the same training.
+    resumed = sft.train(output_dir=str(tmp_path / "resumed"), resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"),
+                        **common)
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert not (tmp_path / "resumed" / "checkpoint-2").exists()  # it started at step 2, not from scratch
+    expected = load_file(f"{whole}/adapter_model.safetensors")
+    got = load_file(f"{resumed}/adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
