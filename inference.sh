@@ -7,7 +7,7 @@ MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (t
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
-METHODS=${METHODS:-"sft dpo sdpo"}                 # stages under $OUTPUT_ROOT to evaluate
+METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; base = the model untrained
 BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
 MAX_SAMPLES=${MAX_SAMPLES:-100}                    # empty: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
@@ -15,8 +15,9 @@ SEED=${SEED:-0}
 # -------------------------------------------------------------------------------------------------
 source "$(dirname "$0")/common.sh"
 for method in $METHODS; do
+    checkpoint=$([ "$method" = base ] || echo "$OUTPUT_ROOT/$method/final_checkpoint")
     "$PYTHON" inference.py \
-        --base_model "$MODEL_NAME" --resume_from_checkpoint "$OUTPUT_ROOT/$method/final_checkpoint" \
+        --base_model "$MODEL_NAME" ${checkpoint:+--resume_from_checkpoint "$checkpoint"} \
         --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
         --output_dir "$OUTPUT_ROOT/eval/$method" --batch_size "$BATCH_SIZE" \
         ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} --cutoff_len "$CUTOFF_LEN" --seed "$SEED" "$@"

@@ -16,7 +16,7 @@ from pathlib import Path
 import data_interface as di
 import runtime
 
-METHODS = ("sft", "dpo", "sdpo")
+METHODS = ("base", "sft", "dpo", "sdpo")  # base: the model with no training (zero-shot)
 
 
 def _read_json(path: Path) -> dict:

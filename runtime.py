@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,19 @@ def load_stage_data(splits: Sequence[str], dataset: str | None, train_file: str 
     for split in splits:
         setattr(data, split, di.load_records(getattr(files, split)))
     return data
+
+
+def records_for_steps(records: Sequence[di.Record], max_steps: int, batch_size: int,
+                      gradient_accumulation_steps: int, seed: int) -> list[di.Record]:
+    """The training records a run will consume: all of them, or with `max_steps > 0` a seeded random
+    sample (in file order) of the `max_steps x batch x accumulation x processes` records those steps
+    draw. Only these are tokenized, so a 10-step run does not tokenize a 30,000-record split."""
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    needed = max_steps * batch_size * gradient_accumulation_steps * processes
+    if max_steps <= 0 or needed >= len(records):
+        return list(records)
+    chosen = sorted(random.Random(seed).sample(range(len(records)), needed))
+    return [records[i] for i in chosen]
 
 
 def tiny_corpus(data: StageData, seed: int) -> tuple[list[str], list[str]]:

@@ -55,7 +55,8 @@ def train(
     if isinstance(resume_from_checkpoint, str):
         runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
-    train_records = data.train[:max_train_samples] if max_train_samples else data.train
+    train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
+                                              max_steps, batch_size, gradient_accumulation_steps, seed)
     val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
 
     from datasets import Dataset

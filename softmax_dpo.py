@@ -65,7 +65,8 @@ def train(
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     di.check_neg_num(data.train, neg_num, data.files.train)
     di.check_neg_num(data.val, neg_num, data.files.val)
-    train_records = data.train[:max_train_samples] if max_train_samples else data.train
+    train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
+                                              max_steps, batch_size, gradient_accumulation_steps, seed)
     val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
 
     from datasets import Dataset

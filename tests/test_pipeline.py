@@ -52,8 +52,10 @@ def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
         assert metrics["n"] == 12 and 0 <= metrics["hr@1"] <= metrics["valid_ratio"] <= 1
         lines = (launched_run / "eval" / method / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 12 and {"output", "prediction", "target", "valid", "hit"} <= set(json.loads(lines[0]))
+    base = json.loads((launched_run / "eval" / "base" / "metrics.json").read_text())  # the untrained model
+    assert base["checkpoint"] is None and base["n"] == 12
     results = json.loads((launched_run / "results.json").read_text())
-    assert set(results) == {"sft", "dpo", "sdpo", "random", "popularity"}
+    assert set(results) == {"base", "sft", "dpo", "sdpo", "random", "popularity"}
     assert results["random"]["hr@1"] == pytest.approx(0.05)
     assert all(results[m]["n"] == 12 for m in results)
 

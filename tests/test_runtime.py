@@ -34,3 +34,17 @@ def test_output_dir_with_a_finished_run_needs_the_overwrite_flag(tmp_path):
         runtime.check_output_dir(tmp_path, overwrite=False, finished_marker=runtime.FINAL_CHECKPOINT)
     assert runtime.check_output_dir(tmp_path, overwrite=True, finished_marker=runtime.FINAL_CHECKPOINT) == tmp_path
     assert runtime.check_output_dir(tmp_path / "new", overwrite=False, finished_marker="x") == tmp_path / "new"
+
+
+def test_a_run_with_max_steps_tokenizes_only_the_records_its_steps_consume(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    records = list(range(1000))  # stand-ins: the function only selects
+    chosen = runtime.records_for_steps(records, max_steps=10, batch_size=8, gradient_accumulation_steps=2, seed=0)
+    assert len(chosen) == 160 and len(set(chosen)) == 160 and chosen == sorted(chosen)
+    assert chosen != records[:160]  # a random sample of the split, not its first records
+    assert runtime.records_for_steps(records, 10, 8, 2, seed=0) == chosen  # same seed, same records
+    assert runtime.records_for_steps(records, 10, 8, 2, seed=1) != chosen
+    monkeypatch.setenv("WORLD_SIZE", "4")  # each of 4 processes draws its own batches
+    assert len(runtime.records_for_steps(records, 10, 8, 2, seed=0)) == 640
+    assert runtime.records_for_steps(records, -1, 8, 2, seed=0) == records  # epochs: everything
+    assert runtime.records_for_steps(records[:50], 10, 8, 2, seed=0) == records[:50]  # fewer than needed
