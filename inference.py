@@ -55,7 +55,7 @@ def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int =
             ids = encoded[index]
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention_mask[row, width - len(ids):] = 1
-        with torch.no_grad():
+        with torch.inference_mode():
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,

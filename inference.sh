@@ -9,7 +9,7 @@ PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; base = the model untrained
 BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
-MAX_SAMPLES=${MAX_SAMPLES:-100}                    # empty: the whole test split
+MAX_SAMPLES=${MAX_SAMPLES:-64}                     # empty: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
 SEED=${SEED:-0}
 # -------------------------------------------------------------------------------------------------

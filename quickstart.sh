@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 export DATASET=${DATASET:-lastfm}
 export OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
-export MAX_SAMPLES=${MAX_SAMPLES:-100}   # test prompts evaluated per method
+export MAX_SAMPLES=${MAX_SAMPLES:-64}    # test prompts evaluated per method (keeps the run within 15 minutes)
 start=$(date +%s)
 
 if [ "$DATASET" != synthetic ] && [ ! -f "data/$DATASET/train.json" ]; then
