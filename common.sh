@@ -5,7 +5,7 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 if [ "${NPROC:-1}" -gt 1 ]; then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC")
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")  # one machine, free port
 else
     LAUNCH=("$PYTHON")
 fi
