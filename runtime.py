@@ -162,6 +162,7 @@ def records_for_steps(records: Sequence[di.Record], max_steps: int, batch_size: 
     if max_steps <= 0 or needed >= len(records):
         return list(records)
     chosen = sorted(random.Random(seed).sample(range(len(records)), needed))
+    logger.info("max_steps=%d: training on %d of %d records (%d processes)", max_steps, needed, len(records), processes)
     return [records[i] for i in chosen]
 
 
