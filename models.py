@@ -38,13 +38,13 @@ TINY_CONFIG = dict(
     num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
 )
 TINY_BPE_VOCAB = 2000
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
 def tiny_config() -> dict:
     """TINY_CONFIG, with `$SDPO_TINY_CONFIG` (a JSON object) overriding fields; the test suite uses it
     to make the model smaller still."""
     return {**TINY_CONFIG, **json.loads(os.environ.get("SDPO_TINY_CONFIG", "{}"))}
-SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
 def cache_root() -> Path:
