@@ -379,20 +379,85 @@ def recommendation_metrics(predictions: Sequence[str | None], targets: Sequence[
     return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}
 
 
+def sample_records(records: Sequence[Record], max_samples: int | None, seed: int = 0) -> list[Record]:
+    """A seeded random subset of `max_samples` records (in file order), or all of them.
+
+    Splits hold consecutive sliding windows of each user, so the first N records would come from one or
+    two users; a random sample spreads over the whole split. The same (split, n, seed) always gives the
+    same records, so every method of a comparison is evaluated on the same prompts.
+    """
+    if not max_samples or max_samples >= len(records):
+        return list(records)
+    if max_samples < 0:
+        raise DataError(f"max_samples must be positive, got {max_samples}")
+    chosen = sorted(random.Random(_stable_int("sample", seed, len(records))).sample(range(len(records)), max_samples))
+    return [records[i] for i in chosen]
+
+
+def rank_of_target(scores: Sequence[float], candidates: Sequence[str], target: str) -> int:
+    """1-based rank of the target when candidates are sorted by score, highest first.
+
+    Ties are broken by candidate order (an earlier candidate ranks higher), as `argmax` does, so the
+    rank-1 candidate is the one a top-1 prediction would name.
+    """
+    t = candidates.index(target)
+    return 1 + sum(score > scores[t] or (score == scores[t] and i < t) for i, score in enumerate(scores))
+
+
+RANKING_CUTOFFS = (1, 3, 5, 10)
+NDCG_CUTOFFS = (5, 10)
+
+
+def ranking_metrics(ranks: Sequence[int]) -> dict:
+    """HR@K, NDCG@K and MRR of the target's 1-based rank among each prompt's candidates.
+
+    One relevant item per prompt, so NDCG@K = 1 / log2(rank + 1) when rank <= K, else 0. Keys:
+    `rank_hr@K`, `rank_ndcg@K`, `rank_mrr`, `n`.
+    """
+    import math
+
+    n = len(ranks)
+    metrics: dict = {}
+    for k in RANKING_CUTOFFS:
+        metrics[f"rank_hr@{k}"] = sum(rank <= k for rank in ranks) / n if n else 0.0
+    for k in NDCG_CUTOFFS:
+        metrics[f"rank_ndcg@{k}"] = sum(1 / math.log2(rank + 1) for rank in ranks if rank <= k) / n if n else 0.0
+    metrics["rank_mrr"] = sum(1 / rank for rank in ranks) / n if n else 0.0
+    metrics["n"] = n
+    return metrics
+
+
+def popularity_scores(train_records: Sequence[Record], records: Sequence[Record]) -> list[list[float]]:
+    """For each record, each candidate's count as a true next item in the training split."""
+    counts: dict[str, int] = {}
+    for record in train_records:
+        counts[record.target] = counts.get(record.target, 0) + 1
+    return [[float(counts.get(name, 0)) for name in record.candidates] for record in records]
+
+
 def popularity_predictions(train_records: Sequence[Record], records: Sequence[Record]) -> list[str]:
     """For each record, the candidate that is most often the true next item in the training split.
 
     Ties (most often: candidates never seen as a target) go to the earliest in the candidate list,
     which the data preparation shuffled.
     """
-    counts: dict[str, int] = {}
-    for record in train_records:
-        counts[record.target] = counts.get(record.target, 0) + 1
-    return [max(record.candidates, key=lambda name: counts.get(name, 0)) for record in records]
+    return [record.candidates[max(range(len(scores)), key=scores.__getitem__)]
+            for record, scores in zip(records, popularity_scores(train_records, records))]
 
 
 def random_choice_metrics(records: Sequence[Record]) -> dict:
-    """Expected HR@1 and ValidRatio of naming a uniformly random candidate (exact, not sampled)."""
+    """Expected metrics of a uniformly random choice / ordering of the candidates (exact, not sampled):
+    HR@1 and ValidRatio of naming one candidate, and the ranking metrics of a random permutation."""
+    import math
+
     n = len(records)
-    hr = sum(1 / len(record.candidates) for record in records) / n if n else 0.0
-    return {"hr@1": hr, "valid_ratio": 1.0 if n else 0.0, "n": n}
+    if not n:
+        return {"hr@1": 0.0, "valid_ratio": 0.0, "n": 0}
+    metrics = {"hr@1": sum(1 / len(record.candidates) for record in records) / n, "valid_ratio": 1.0}
+    # The target's rank is uniform over 1..C, so each metric is the mean of its value over the C ranks.
+    per_record = [ranking_metrics(range(1, len(record.candidates) + 1)) for record in records]
+    for key in per_record[0]:
+        if key != "n":
+            metrics[key] = sum(values[key] for values in per_record) / n
+    metrics["n"] = n
+    return metrics

@@ -158,3 +158,46 @@ def test_popularity_and_random_reference_points(tmp_path):
     test = [di.Record(("h",), ("z", "x", "y"), "y"), di.Record(("h",), ("x", "z"), "x")]
     assert di.popularity_predictions(train, test) == ["y", "z"]
     assert di.random_choice_metrics(test)["hr@1"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+def _records(n):
+    return [di.Record((f"h{i}",), tuple(CANDIDATES), CANDIDATES[i % 20]) for i in range(n)]
+
+
+def test_sample_records_is_seeded_random_in_file_order_not_the_first_n():
+    records = _records(1000)
+    sample = di.sample_records(records, 50, seed=0)
+    indices = [records.index(r) for r in sample]
+    assert len(sample) == 50 and indices == sorted(indices)
+    assert indices != list(range(50)) and max(indices) > 500
+    assert di.sample_records(records, 50, seed=0) == sample
+    assert di.sample_records(records, 50, seed=1) != sample
+    assert di.sample_records(records, None) == records and di.sample_records(records, 5000) == records
+
+
+def test_rank_of_target_breaks_ties_by_candidate_order():
+    names = ["a", "b", "c", "d"]
+    assert di.rank_of_target([0.0, 3.0, 3.0, 1.0], names, "b") == 1
+    assert di.rank_of_target([0.0, 3.0, 3.0, 1.0], names, "c") == 2
+    assert di.rank_of_target([0.0, 3.0, 3.0, 1.0], names, "d") == 3
+    assert di.rank_of_target([0.0, 3.0, 3.0, 1.0], names, "a") == 4
+
+
+def test_ranking_metrics_match_hand_computed_values():
+    import math
+
+    metrics = di.ranking_metrics([1, 2, 11, 5])
+    assert metrics["rank_hr@1"] == 0.25 and metrics["rank_hr@3"] == 0.5
+    assert metrics["rank_hr@5"] == 0.75 and metrics["rank_hr@10"] == 0.75
+    assert metrics["rank_ndcg@5"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6)) / 4)
+    assert metrics["rank_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 11 + 1 / 5) / 4)
+    assert metrics["n"] == 4
+
+
+def test_random_choice_metrics_are_the_expectation_over_uniform_ranks():
+    import math
+
+    metrics = di.random_choice_metrics(_records(3))
+    assert metrics["hr@1"] == pytest.approx(1 / 20) and metrics["rank_hr@10"] == pytest.approx(0.5)
+    assert metrics["rank_mrr"] == pytest.approx(sum(1 / r for r in range(1, 21)) / 20)
+    assert metrics["rank_ndcg@5"] == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 6)) / 20)
