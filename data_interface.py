@@ -321,13 +321,20 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
     tokens end, so training sees the same ids that generation after the prompt would produce; when
     the boundary merges tokens, it falls back to tokenizing the completion alone.
     """
+    return encode_completions(tokenizer, prompt, [completion])[0]
+
+
+def encode_completions(tokenizer, prompt: str, completions: Sequence[str]) -> list[list[int]]:
+    """`encode_completion` of several completions of one prompt, tokenized in one batched call."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    full_ids = tokenizer(prompt + completion)["input_ids"]
-    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
-        ids = full_ids[len(prompt_ids):]
-    else:
-        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return list(ids) + [tokenizer.eos_token_id]
+    encoded = []
+    for completion, full_ids in zip(completions, tokenizer([prompt + c for c in completions])["input_ids"]):
+        if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+            ids = full_ids[len(prompt_ids):]
+        else:
+            ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        encoded.append(list(ids) + [tokenizer.eos_token_id])
+    return encoded
 
 
 def tokenize_sft_row(tokenizer, row: dict, max_prompt_length: int | None = None) -> dict:
@@ -345,7 +352,7 @@ def tokenize_preference_row(tokenizer, row: dict, max_prompt_length: int | None 
     completions = [row["chosen"], *row["rejected"]]
     return {
         "prompt_input_ids": encode_prompt(tokenizer, row["prompt"], max_prompt_length),
-        "completion_input_ids": [encode_completion(tokenizer, row["prompt"], text) for text in completions],
+        "completion_input_ids": encode_completions(tokenizer, row["prompt"], completions),
     }
 
 

@@ -1,11 +1,20 @@
-"""Evaluation: greedy generation of at most 20 new tokens, then HR@1 and ValidRatio.
+"""Evaluation: greedy generation (HR@1, ValidRatio) and candidate ranking (HR@K, NDCG@K, MRR).
 
     python inference.py --base_model tiny --resume_from_checkpoint outputs/sdpo/final_checkpoint \\
         --dataset synthetic --output_dir outputs/eval/sdpo
 
-A generation is valid when exactly one candidate name appears in it; it is a hit when that name is
-the true next item. Both are divided by the number of test prompts (invalid outputs are misses).
-Writes `predictions.jsonl` (one line per prompt) and `metrics.json` to `output_dir`.
+Generation (the paper's metric): greedy decoding of at most 20 new tokens. A generation is valid when
+exactly one candidate name appears in it; it is a hit when that name is the true next item. Both are
+divided by the number of test prompts (invalid outputs are misses).
+
+Ranking: every candidate c of a prompt is scored by log p(" c" + EOS | prompt), with the same
+completion log-prob function the S-DPO trainer optimises (the prompt encoded once, the 20 candidates
+packed after it); the target's rank gives HR@1/3/5/10, NDCG@5/10 and MRR (`rank_*` keys). Ranking
+needs no valid output, so it shows what a model learned even before it names items reliably.
+
+`--max_samples N` evaluates a seeded random sample of N prompts across the split (the same for every
+method with the same seed), never the first N. Writes `predictions.jsonl` (one line per prompt) and
+`metrics.json` to `output_dir`.
 
 Speed: prompts are sorted by length so a batch holds prompts of similar length (little padding),
 generation uses the KV cache and stops as soon as every sequence of the batch has produced EOS, and a
@@ -67,20 +76,67 @@ def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int =
     return outputs
 
 
+def score_candidates(model, tokenizer, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                     batch_size: int = 16, cutoff_len: int | None = None, progress: bool = True) -> list[list[float]]:
+    """log p(" name" + EOS | prompt) of every candidate name of every prompt, in the given order.
+
+    Uses `trainer.completion_logps` (shared forward: each prompt encoded once, its candidates packed
+    after it) on batches of prompts of similar length.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from trainer import SoftmaxDPOCollator, completion_logps
+
+    rows = [{"prompt_input_ids": di.encode_prompt(tokenizer, prompt, cutoff_len),
+             "completion_input_ids": di.encode_completions(tokenizer, prompt, [di.completion_text(n) for n in names])}
+            for prompt, names in zip(prompts, candidates)]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_input_ids"]))
+    collate = SoftmaxDPOCollator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    scores: list[list[float]] = [[] for _ in rows]
+    model.eval()
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="ranking", disable=not progress):
+        # Candidate counts may differ between records: batch rows with the same count together.
+        by_count: dict[int, list[int]] = {}
+        for index in batch:
+            by_count.setdefault(len(rows[index]["completion_input_ids"]), []).append(index)
+        for group in by_count.values():
+            tensors = {k: v.to(device) for k, v in collate([rows[i] for i in group]).items()}
+            with torch.inference_mode():
+                logps = completion_logps(model, tensors["prompt_input_ids"], tensors["prompt_attention_mask"],
+                                         tensors["completion_input_ids"], tensors["completion_attention_mask"])
+            for index, values in zip(group, logps.float().cpu().tolist()):
+                scores[index] = values
+    return scores
+
+
 def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: Sequence[str], seed: int = 0,
                      batch_size: int = 16, cutoff_len: int | None = None, sort_by_length: bool = True,
-                     progress: bool = True) -> tuple[dict, list[dict]]:
-    """Generate for every record; returns (metrics, per-prompt prediction rows)."""
+                     progress: bool = True, generation: bool = True, ranking: bool = True) -> tuple[dict, list[dict]]:
+    """Generate for and/or rank the candidates of every record; returns (metrics, per-prompt rows)."""
+    if not (generation or ranking):
+        raise runtime.UsageError("nothing to evaluate: --generation and --ranking are both off")
     prompts = [di.build_prompt(record, templates, seed) for record in records]
-    outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
-                               sort_by_length=sort_by_length, progress=progress)
-    predictions = [di.prediction_of(output, record.candidates) for output, record in zip(outputs, records)]
-    rows = [
-        {"index": i, "output": output, "prediction": prediction, "target": record.target,
-         "valid": prediction is not None, "hit": prediction == record.target}
-        for i, (output, prediction, record) in enumerate(zip(outputs, predictions, records))
-    ]
-    return di.recommendation_metrics(predictions, [record.target for record in records]), rows
+    rows = [{"index": i, "target": record.target} for i, record in enumerate(records)]
+    metrics: dict = {"n": len(records)}
+    if generation:
+        outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
+                                   sort_by_length=sort_by_length, progress=progress)
+        predictions = [di.prediction_of(output, record.candidates) for output, record in zip(outputs, records)]
+        for row, output, prediction in zip(rows, outputs, predictions):
+            row.update(output=output, prediction=prediction, valid=prediction is not None,
+                       hit=prediction == row["target"])
+        metrics.update(di.recommendation_metrics(predictions, [record.target for record in records]))
+    if ranking:
+        scores = score_candidates(model, tokenizer, prompts, [record.candidates for record in records], batch_size,
+                                  cutoff_len, progress)
+        ranks = [di.rank_of_target(values, record.candidates, record.target) for values, record in zip(scores, records)]
+        for row, rank, values, record in zip(rows, ranks, scores, records):
+            row.update(target_rank=rank, ranked_first=record.candidates[max(range(len(values)), key=values.__getitem__)])
+        metrics.update(di.ranking_metrics(ranks))
+    return metrics, rows
 
 
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,
@@ -89,7 +145,7 @@ def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.S
     base = runtime.base_model_path(base_model, checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, checkpoint))
     model = models.load_base_model(base, load_in_4bit=load_in_4bit)
-    if checkpoint:
+    if checkpoint and not runtime.is_full_model(checkpoint):
         model = models.load_adapter(model, checkpoint, trainable=False)
         if not getattr(model, "is_loaded_in_4bit", False) and models.compute_device() == "cpu":
             model = model.merge_and_unload()
@@ -107,6 +163,9 @@ def evaluate(
     batch_size: int = 16,
     max_samples: int | None = None,
     cutoff_len: int = 512,
+    generation: bool = True,
+    ranking: bool = True,
+    bf16: bool | None = None,
     load_in_4bit: bool = True,
     seed: int = 0,
 ) -> dict:
@@ -114,12 +173,15 @@ def evaluate(
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, METRICS_FILE)
     runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("test",), dataset, None, None, test_file, prompt_path)
-    records = data.test[:max_samples] if max_samples else data.test
+    records = di.sample_records(data.test, max_samples, seed)
     model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit)
     start = time.time()
-    metrics, rows = evaluate_records(model, tokenizer, records, data.templates, seed, batch_size, cutoff_len)
+    with runtime.autocast(bf16):
+        metrics, rows = evaluate_records(model, tokenizer, records, data.templates, seed, batch_size, cutoff_len,
+                                         generation=generation, ranking=ranking)
     metrics["seconds"] = round(time.time() - start, 2)
     metrics["checkpoint"] = resume_from_checkpoint
+    metrics["bf16"] = runtime.use_bf16(bf16)
     output.mkdir(parents=True, exist_ok=True)
     import json
 
@@ -127,8 +189,10 @@ def evaluate(
     tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(output / PREDICTIONS_FILE)
     runtime.save_json(output / METRICS_FILE, metrics)
-    print(f"HR@1 {metrics['hr@1']:.4f}  ValidRatio {metrics['valid_ratio']:.4f}  n {metrics['n']}  "
-          f"({metrics['seconds']} s) -> {output / METRICS_FILE}")
+    shown = [f"{label} {metrics[key]:.4f}" for label, key in
+             (("HR@1", "hr@1"), ("ValidRatio", "valid_ratio"), ("rank HR@1", "rank_hr@1"), ("NDCG@5", "rank_ndcg@5"))
+             if key in metrics]
+    print(f"{'  '.join(shown)}  n {metrics['n']}  ({metrics['seconds']} s) -> {output / METRICS_FILE}")
     return metrics
 
 

@@ -78,11 +78,41 @@ def report_to(wandb_project: str, wandb_name: str, logging_dir: str | None = Non
     return ["wandb"]
 
 
-def device_training_arguments() -> dict:
-    """TrainingArguments that differ by device: bf16 and gradient checkpointing on CUDA, fp32 on CPU."""
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without them
+    bf16 is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(bf16: bool | None) -> bool:
+    """`--bf16`: None (the default) = on CUDA, and on CPUs with native bf16; True/False force it."""
+    if bf16 is None:
+        return models.compute_device() == "cuda" or cpu_supports_bf16()
+    return bool(bf16)
+
+
+def autocast(bf16: bool | None):
+    """bf16 autocast on the compute device when `use_bf16(bf16)`, else a no-op context."""
+    import contextlib
+
+    import torch
+
+    if not use_bf16(bf16):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=models.compute_device(), dtype=torch.bfloat16)
+
+
+def device_training_arguments(bf16: bool | None = None) -> dict:
+    """TrainingArguments that differ by device: gradient checkpointing on CUDA; bf16 autocast where
+    `use_bf16` says so (on a CPU through accelerate's CPU autocast, which needs `use_cpu`)."""
     on_cuda = models.compute_device() == "cuda"
     return {
-        "bf16": on_cuda,
+        "bf16": use_bf16(bf16),
+        "use_cpu": not on_cuda,
         "fp16": False,
         "gradient_checkpointing": on_cuda,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if on_cuda else None,
@@ -93,7 +123,8 @@ def device_training_arguments() -> dict:
 
 def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumulation_steps: int,
                              learning_rate: float, num_train_epochs: float, max_steps: int, eval_step: int,
-                             seed: int, wandb_project: str, wandb_name: str, logging_dir: str | None) -> dict:
+                             seed: int, wandb_project: str, wandb_name: str, logging_dir: str | None,
+                             bf16: bool | None = None) -> dict:
     """The TrainingArguments every training stage shares, from its flags."""
     return {
         "output_dir": str(output_dir),
@@ -104,7 +135,7 @@ def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumul
         "num_train_epochs": num_train_epochs,
         "max_steps": max_steps,
         "seed": seed,
-        **device_training_arguments(),
+        **device_training_arguments(bf16),
         **training_schedule_arguments(eval_step, wandb_name or None, report_to(wandb_project, wandb_name, logging_dir)),
     }
 
@@ -174,9 +205,18 @@ def tiny_corpus(data: StageData, seed: int) -> tuple[list[str], list[str]]:
     return texts, sorted(names)
 
 
+def is_full_model(checkpoint: str | None) -> bool:
+    """True for a checkpoint holding a whole model (from `--full_finetune`), not a LoRA adapter."""
+    return bool(checkpoint) and (Path(checkpoint) / "config.json").exists() and not (
+        Path(checkpoint) / "adapter_config.json").exists()
+
+
 def base_model_path(model_name: str, checkpoint: str | None, data: StageData, seed: int) -> str:
-    """Folder of the base model; for `tiny` after SFT, the base the SFT adapter was trained on."""
-    if model_name == models.TINY and checkpoint:
+    """Folder of the base model: a full-model checkpoint itself; for an adapter, the local base it was
+    trained on when that folder exists (e.g. the tiny model, or a full SFT model under a new LoRA)."""
+    if is_full_model(checkpoint):
+        return str(checkpoint)
+    if checkpoint:
         adapter_config = Path(checkpoint) / "adapter_config.json"
         if adapter_config.exists():
             base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")

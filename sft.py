@@ -5,7 +5,8 @@
         --batch_size 4 --gradient_accumulation_steps 8 --num_train_epochs 5 --output_dir outputs/sft
 
 Writes checkpoints every `eval_step` steps, keeps the best by eval loss, and saves the final adapter
-and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
+(with `--full_finetune`: the whole model, e.g. for the tiny model trained from scratch) and tokenizer
+in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
 True for the latest in output_dir) continues a killed run.
 """
 
@@ -43,6 +44,8 @@ def train(
     lora_r: int = 8,
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
+    full_finetune: bool = False,
+    bf16: bool | None = None,
     load_in_4bit: bool = True,
     logging_dir: str | None = None,
     wandb_project: str = "",
@@ -57,7 +60,7 @@ def train(
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+    val_records = di.sample_records(data.val, max_eval_samples, seed)
 
     from datasets import Dataset
     from transformers import set_seed
@@ -66,8 +69,11 @@ def train(
     set_seed(seed)
     base = runtime.base_model_path(model_name, None, data, seed)
     tokenizer = models.load_tokenizer(base)
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
-    model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
+    if full_finetune:  # every weight trains: for models trained from scratch (tiny), never quantized
+        model = models.load_base_model(base, load_in_4bit=False)
+    else:
+        model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+        model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
 
     def tokenized(records):
         rows = di.build_sft_rows(records, data.templates, seed)
@@ -77,7 +83,7 @@ def train(
         max_length=None,  # prompts are already cut from the left by `encode_prompt`
         **runtime.stage_training_arguments(output, batch_size, gradient_accumulation_steps, learning_rate,
                                            num_train_epochs, max_steps, eval_step, seed, wandb_project,
-                                           wandb_name, logging_dir),
+                                           wandb_name, logging_dir, bf16),
     )
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
@@ -88,6 +94,7 @@ def train(
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     logger.info("saved the SFT adapter and tokenizer to %s", final)
+    runtime.save_json(output / "log_history.json", {"log_history": trainer.state.log_history})
     runtime.save_run_info(output, flags, time.time() - start)
     return str(final)
 

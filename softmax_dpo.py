@@ -46,8 +46,10 @@ def train(
     neg_num: int = 3,
     forward: str = "shared",
     precompute_ref_log_probs: bool = False,
+    full_finetune: bool = False,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = 200,
+    bf16: bool | None = None,
     load_in_4bit: bool = True,
     logging_dir: str | None = None,
     wandb_project: str = "",
@@ -61,13 +63,17 @@ def train(
     runtime.check_checkpoint(resume_from_checkpoint)
     if forward not in ("shared", "concat"):
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
+    full_sft = runtime.is_full_model(resume_from_checkpoint)
+    if full_finetune and not full_sft:
+        raise runtime.UsageError(f"{resume_from_checkpoint}: --full_finetune needs a whole-model SFT checkpoint "
+                                 "(sft.py --full_finetune), not a LoRA adapter")
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     di.check_neg_num(data.train, neg_num, data.files.train)
     di.check_neg_num(data.val, neg_num, data.files.val)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+    val_records = di.sample_records(data.val, max_eval_samples, seed)
 
     from datasets import Dataset
     from transformers import set_seed
@@ -77,10 +83,18 @@ def train(
     set_seed(seed)
     base = runtime.base_model_path(model_name, resume_from_checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, resume_from_checkpoint))
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
-    model = models.load_adapter(model, resume_from_checkpoint, trainable=True)
-    if not precompute_ref_log_probs:
-        model.load_adapter(resume_from_checkpoint, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    if full_sft:
+        # The SFT model is a whole model: the policy trains all of it (--full_finetune) or a fresh LoRA on
+        # it, and the reference is that SFT model, whose log-probs are computed once before training.
+        model = models.load_base_model(base, load_in_4bit=load_in_4bit and not full_finetune)
+        if not full_finetune:
+            model = models.attach_lora(model, models.lora_config(model_name))
+        precompute_ref_log_probs = True
+    else:
+        model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+        model = models.load_adapter(model, resume_from_checkpoint, trainable=True)
+        if not precompute_ref_log_probs:
+            model.load_adapter(resume_from_checkpoint, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
 
     def tokenized(records):
         rows = di.build_preference_rows(records, data.templates, neg_num, seed)
@@ -93,7 +107,7 @@ def train(
         reference_adapter_name=REFERENCE_ADAPTER,
         **runtime.stage_training_arguments(output, batch_size, gradient_accumulation_steps, learning_rate,
                                            num_train_epochs, max_steps, eval_step, seed, wandb_project,
-                                           wandb_name, logging_dir),
+                                           wandb_name, logging_dir, bf16),
     )
     trainer = SoftmaxDPOTrainer(
         model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
@@ -104,6 +118,7 @@ def train(
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     logger.info("saved the preference-aligned adapter and tokenizer to %s", final)
+    runtime.save_json(output / "log_history.json", {"log_history": trainer.state.log_history})
     runtime.save_run_info(output, flags, time.time() - start)
     return str(final)
 

@@ -317,9 +317,12 @@ class SoftmaxDPOTrainer(Trainer):
         )
         device = self.args.device
         values = []
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items() if k in _BATCH_KEYS}
-            values.extend(self.reference_logps(batch).float().cpu().tolist())
+        # Same precision as the training forward passes (accelerate autocasts those when args.bf16), so the
+        # policy/reference log-ratio starts at zero.
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items() if k in _BATCH_KEYS}
+                values.extend(self.reference_logps(batch).float().cpu().tolist())
         logger.info("Precomputed reference log-probs for %d rows", len(values))
         if hasattr(dataset, "add_column"):
             if REF_LOGPS_COLUMN in dataset.column_names:

@@ -1,0 +1,516 @@
+"""The paper's experiments as one resumable matrix: Table 1, the negatives and beta sweeps, training curves.
+
+    bash reproduce.sh                                   # profile cpu on LastFM (about 2 hours on 2 cores)
+    python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
+    python reproduce.py --profile paper --dry_run       # print the paper-scale commands (4 GPUs)
+
+A profile is a list of model plans (`PROFILES` below). Each plan expands into *cells*: one stage run
+(SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
+stage scripts. Cells run one after another in a subprocess; a finished cell leaves a record in
+`<output_root>/cells/<cell>.json` (written atomically after its output is complete), so a rerun skips it
+and a killed run loses at most the cell in progress (which restarts from scratch). A failing cell is
+reported and its dependants are skipped; the other cells go on.
+
+At the end (and with `--report_only`) the finished cells are collected into `results/<dataset>/<model>/`:
+`table.md` and `table.csv` (Table 1: mean ± std over seeds), `results.json` (every number with its
+config, seed, wall time and git commit) and PNG figures: HR@1 against the number of negatives and
+against beta, and DPO vs S-DPO training curves (rewards, margin, chosen log-prob).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import data_interface as di
+import runtime
+
+logger = logging.getLogger("sdpo.reproduce")
+REPO = Path(__file__).resolve().parent
+
+# Columns of Table 1: (metrics.json key, header). Generation = the paper's metric; ranking = the
+# target's rank among the 20 candidates by log-prob (no valid output needed).
+COLUMNS = (
+    ("hr@1", "HR@1 (gen)"),
+    ("valid_ratio", "ValidRatio (gen)"),
+    ("rank_hr@1", "HR@1 (rank)"),
+    ("rank_ndcg@5", "NDCG@5 (rank)"),
+    ("rank_mrr", "MRR (rank)"),
+)
+
+
+@dataclass
+class ModelPlan:
+    """One model's share of a profile: its stage flags, seeds, sweeps and evaluation sample."""
+
+    model_name: str
+    tag: str  # folder name under results/<dataset>/
+    sft: dict  # flags of sft.py (besides model, data, output, seed)
+    preference: dict  # flags shared by dpo.py / softmax_dpo.py
+    sft_seeds: tuple[int, ...] = (0,)
+    preference_seeds: tuple[int, ...] = (0, 1, 2)
+    main_negatives: int = 3  # the S-DPO row of Table 1
+    negatives: tuple[int, ...] = (1, 3)  # sweep at beta = 1 (1 = DPO)
+    negatives_seeds: tuple[int, ...] = (0,)  # seeds of sweep points that are not Table 1 rows
+    betas: tuple[float, ...] = (1.0,)  # sweep at main_negatives
+    eval: dict = field(default_factory=dict)  # flags of inference.py (max_samples, generation, batch_size)
+    eval_seed: int = 0  # selects the evaluation sample: the same prompts for every row
+    launcher: tuple[str, ...] = ()  # e.g. torchrun for multi-GPU profiles; empty: this Python
+
+
+PROFILES: dict[str, list[ModelPlan]] = {
+    # Measured on 2 CPU cores (see README): the tiny LLaMA (one token per item, trained in full from
+    # scratch) carries the ranking columns, the sweeps and the seeds; SmolLM2-135M carries the
+    # generation columns on a random sample of test prompts.
+    "cpu": [
+        ModelPlan(
+            model_name="tiny", tag="tiny",
+            sft=dict(full_finetune=True, batch_size=32, max_steps=300, learning_rate=3e-3, eval_step=100,
+                     max_eval_samples=256),
+            preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=1e-4, eval_step=150,
+                            max_eval_samples=256),
+            negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
+            eval=dict(generation=False, batch_size=64),  # the whole test split
+        ),
+        ModelPlan(
+            model_name="smollm2-135m", tag="smollm2-135m",
+            sft=dict(batch_size=8, max_steps=40, learning_rate=3e-4, eval_step=40, max_eval_samples=32),
+            preference=dict(batch_size=4, max_steps=30, learning_rate=1e-4, eval_step=30, max_eval_samples=32),
+            preference_seeds=(0,), negatives=(1, 3), betas=(1.0,),
+            eval=dict(max_samples=500, batch_size=16),
+        ),
+    ],
+    # The paper's setting (Llama-2-7B, 4-bit NF4 + LoRA, 4 GPUs, effective batch 4 x 8 x 4 = 128): not run
+    # here; `--dry_run` prints its commands.
+    "paper": [
+        ModelPlan(
+            model_name="meta-llama/Llama-2-7b-hf", tag="llama-2-7b",
+            sft=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=5,
+                     max_steps=-1, eval_step=40, max_eval_samples=200),
+            preference=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=3,
+                            max_steps=-1, eval_step=40, max_eval_samples=200),
+            preference_seeds=(0,), negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
+            eval=dict(batch_size=32),
+            launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"),
+        ),
+    ],
+    # A few steps of everything on the synthetic data: the test suite's run of the harness.
+    "smoke": [
+        ModelPlan(
+            model_name="tiny", tag="tiny",
+            sft=dict(full_finetune=True, batch_size=8, max_steps=4, learning_rate=3e-3, eval_step=4,
+                     max_eval_samples=8),
+            preference=dict(full_finetune=True, batch_size=4, max_steps=2, learning_rate=1e-4, eval_step=2,
+                            max_eval_samples=8),
+            preference_seeds=(0, 1), negatives=(1, 3, 7), betas=(1.0, 2.0),
+            eval=dict(max_samples=24, batch_size=8),
+        ),
+    ],
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells
+
+
+@dataclass
+class Cell:
+    """One command of the matrix; finished when its record file exists."""
+
+    name: str
+    kind: str  # sft | preference | eval
+    command: list[str]
+    output: Path  # the stage's output_dir
+    needs: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)  # method, seed, negatives, beta, ... for the report
+
+
+def _flags(values: dict) -> list[str]:
+    return [f"--{key}={value}" for key, value in values.items() if value is not None]
+
+
+def preference_name(negatives: int, beta: float, seed: int) -> str:
+    method = "dpo" if negatives == 1 else "sdpo"
+    return f"{method}-n{negatives}-b{beta:g}-s{seed}"
+
+
+def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.executable) -> list[Cell]:
+    """Every cell of one model plan, in run order (SFT, its evaluation, then preference runs and theirs)."""
+    data = ["--dataset", dataset]
+    train = [python, *plan.launcher] if plan.launcher else [python]
+    cells: list[Cell] = []
+
+    def evaluation(name: str, checkpoint: Path | None, needs: tuple[str, ...], info: dict) -> Cell:
+        command = [python, "inference.py", "--base_model", plan.model_name, *data,
+                   "--output_dir", str(root / "eval" / name), "--overwrite_output_dir",
+                   f"--seed={plan.eval_seed}", *_flags(plan.eval)]
+        if checkpoint is not None:
+            command += ["--resume_from_checkpoint", str(checkpoint / runtime.FINAL_CHECKPOINT)]
+        return Cell(f"eval-{name}", "eval", command, root / "eval" / name, needs, {**info, "trained": name})
+
+    cells.append(evaluation("base", None, (), {"method": "base"}))
+    for sft_seed in plan.sft_seeds:
+        name = f"sft-s{sft_seed}"
+        out = root / name
+        command = [*train, "sft.py", "--model_name", plan.model_name, *data, "--output_dir", str(out),
+                   "--overwrite_output_dir", f"--seed={sft_seed}", *_flags(plan.sft)]
+        cells.append(Cell(name, "sft", command, out, (), {"method": "sft", "seed": sft_seed}))
+        cells.append(evaluation(name, out, (name,), {"method": "sft", "seed": sft_seed}))
+
+    sft_out = root / f"sft-s{plan.sft_seeds[0]}"
+    runs: dict[str, tuple[int, float, int]] = {}
+    for seed in plan.preference_seeds:  # Table 1 rows: DPO and S-DPO at beta 1, every seed
+        for negatives in (1, plan.main_negatives):
+            runs[preference_name(negatives, 1.0, seed)] = (negatives, 1.0, seed)
+    for negatives in plan.negatives:
+        for seed in plan.negatives_seeds:
+            runs.setdefault(preference_name(negatives, 1.0, seed), (negatives, 1.0, seed))
+    for beta in plan.betas:
+        for seed in plan.negatives_seeds:
+            runs.setdefault(preference_name(plan.main_negatives, beta, seed), (plan.main_negatives, beta, seed))
+    for name, (negatives, beta, seed) in sorted(runs.items(), key=lambda item: (item[1][2], item[1][0], item[1][1])):
+        out = root / name
+        script = "dpo.py" if negatives == 1 else "softmax_dpo.py"
+        command = [*train, script, "--model_name", plan.model_name, *data,
+                   "--resume_from_checkpoint", str(sft_out / runtime.FINAL_CHECKPOINT), "--output_dir", str(out),
+                   "--overwrite_output_dir", f"--seed={seed}", f"--beta={beta:g}", *_flags(plan.preference)]
+        if negatives != 1:
+            command.append(f"--neg_num={negatives}")
+        info = {"method": "dpo" if negatives == 1 else "sdpo", "seed": seed, "negatives": negatives, "beta": beta}
+        cells.append(Cell(name, "preference", command, out, (sft_out.name,), info))
+        cells.append(evaluation(name, out, (name,), info))
+    return cells
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the harness dies, so a killed run leaves no orphan writing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
+    """Run one cell's command (its output to logs/<cell>.log); returns its record, written atomically."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{cell.name}.log"
+    start = time.time()
+    with open(log, "w", encoding="utf-8") as handle:
+        handle.write(" ".join(cell.command) + "\n")
+        handle.flush()
+        returncode = subprocess.run(cell.command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent).returncode
+    if returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"cell {cell.name} failed (exit {returncode}): {tail[0][:300]} [log: {log}]")
+    record = {"name": cell.name, "kind": cell.kind, "command": cell.command, "info": cell.info,
+              "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "git_commit": git_commit()}
+    runtime.save_json(records / f"{cell.name}.json", record)
+    return record
+
+
+def run_cells(cells: list[Cell], root: Path) -> list[str]:
+    """Run every unfinished cell in order; returns the names of the cells that failed or were skipped."""
+    records, logs = root / "cells", root / "logs"
+    failed: set[str] = set()
+    for number, cell in enumerate(cells, 1):
+        if (records / f"{cell.name}.json").exists():
+            continue
+        blocked = [need for need in cell.needs if need in failed]
+        if blocked:
+            logger.warning("skipping %s: %s failed", cell.name, ", ".join(blocked))
+            failed.add(cell.name)
+            continue
+        logger.info("[%d/%d] %s", number, len(cells), cell.name)
+        try:
+            record = run_cell(cell, records, logs)
+        except RuntimeError as error:
+            logger.error("%s", error)
+            failed.add(cell.name)
+            continue
+        logger.info("[%d/%d] %s done in %.0f s", number, len(cells), cell.name, record["wall_seconds"])
+    return sorted(failed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dict:
+    """Every finished cell's numbers, plus the reference rows on the same evaluation prompts."""
+    data = runtime.load_stage_data(("train", "test"), dataset)
+    test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
+    popular = di.popularity_predictions(data.train, test)
+    popularity = di.recommendation_metrics(popular, [r.target for r in test])
+    scores = di.popularity_scores(data.train, test)
+    popularity.update(di.ranking_metrics([di.rank_of_target(s, r.candidates, r.target) for s, r in zip(scores, test)]))
+    runs: dict[str, dict] = {}
+    for cell in cells:
+        record = _read(root / "cells" / f"{cell.name}.json")
+        if not record:
+            continue
+        entry = runs.setdefault(cell.info.get("trained", cell.name), {"info": cell.info})
+        if cell.kind == "eval":
+            entry["metrics"] = _read(cell.output / inference_metrics_file())
+            entry["eval_seconds"] = record["wall_seconds"]
+            entry["eval_command"] = record["command"]
+        else:
+            entry["train_seconds"] = record["wall_seconds"]
+            entry["config"] = _read(cell.output / "run_info.json").get("flags", {})
+            entry["train_command"] = record["command"]
+            entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
+        entry["git_commit"] = record["git_commit"]
+    references = {"random": di.random_choice_metrics(test), "popularity": popularity}
+    return {"model": plan.model_name, "dataset": dataset, "eval_records": len(test), "eval_seed": plan.eval_seed,
+            "references": references, "runs": runs}
+
+
+def inference_metrics_file() -> str:
+    import inference
+
+    return inference.METRICS_FILE
+
+
+def table_rows(plan: ModelPlan, collected: dict) -> list[dict]:
+    """Table 1: reference rows, then base, SFT, DPO and S-DPO (mean ± std over seeds)."""
+    rows = []
+    for name, metrics in collected["references"].items():
+        rows.append({"method": name, "seeds": "-", "n": metrics["n"],
+                     **{key: (metrics[key], 0.0) for key, _ in COLUMNS if key in metrics}})
+    runs = collected["runs"]
+    groups = {
+        "base (untrained)": ["base"],
+        "SFT": [f"sft-s{s}" for s in plan.sft_seeds],
+        "DPO": [preference_name(1, 1.0, s) for s in plan.preference_seeds],
+        f"S-DPO (N={plan.main_negatives})": [preference_name(plan.main_negatives, 1.0, s) for s in plan.preference_seeds],
+    }
+    for method, names in groups.items():
+        found = [runs[name]["metrics"] for name in names if runs.get(name, {}).get("metrics")]
+        if not found:
+            continue
+        row = {"method": method, "seeds": len(found) if method != "base (untrained)" else "-", "n": found[0]["n"]}
+        for key, _ in COLUMNS:
+            if all(key in metrics for metrics in found):
+                row[key] = _mean_std([metrics[key] for metrics in found])
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict]) -> str:
+    header = ["method", *[label for _, label in COLUMNS], "seeds", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"]]
+        for key, _ in COLUMNS:
+            if key not in row:
+                cells.append("–")
+            else:
+                mean, std = row[key]
+                cells.append(f"{mean:.4f} ± {std:.4f}" if isinstance(row["seeds"], int) and row["seeds"] > 1
+                             else f"{mean:.4f}")
+        lines.append("| " + " | ".join([*cells, str(row["seeds"]), str(row["n"])]) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seeds", "n", *[f"{key}_{part}" for key, _ in COLUMNS for part in ("mean", "std")]])
+        for row in rows:
+            values = []
+            for key, _ in COLUMNS:
+                values += [f"{row[key][0]:.6f}", f"{row[key][1]:.6f}"] if key in row else ["", ""]
+            writer.writerow([row["method"], row["seeds"], row["n"], *values])
+    tmp.replace(path)
+
+
+def sweep_points(plan: ModelPlan, collected: dict, over: str) -> list[tuple[float, float, float, int]]:
+    """(x, mean, std, seeds) of rank HR@1 over the negatives (beta 1) or over beta (main negatives)."""
+    points = []
+    xs = plan.negatives if over == "negatives" else plan.betas
+    for x in xs:
+        negatives, beta = (x, 1.0) if over == "negatives" else (plan.main_negatives, x)
+        values = [run["metrics"]["rank_hr@1"] for name, run in collected["runs"].items()
+                  if run.get("metrics") and "rank_hr@1" in run["metrics"]
+                  and run["info"].get("negatives") == negatives and run["info"].get("beta") == beta]
+        if values:
+            points.append((x, *_mean_std(values), len(values)))
+    return points
+
+
+def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
+    """PNG figures; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    references = collected["references"]
+    sft = [run["metrics"]["rank_hr@1"] for name, run in collected["runs"].items()
+           if name.startswith("sft-") and run.get("metrics") and "rank_hr@1" in run["metrics"]]
+    for over, label, log_x in (("negatives", "number of negatives N (1 = DPO)", True), ("beta", "beta", True)):
+        points = sweep_points(plan, collected, over)
+        if len(points) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        xs, means, stds, seeds = zip(*points)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="S-DPO / DPO")
+        for x, mean, count in zip(xs, means, seeds):
+            ax.annotate(f"{count} seed{'s' if count > 1 else ''}", (x, mean), textcoords="offset points",
+                        xytext=(4, -12), fontsize=7)
+        if sft:
+            ax.axhline(sum(sft) / len(sft), color="gray", linestyle="--", label="SFT")
+        ax.axhline(references["popularity"]["rank_hr@1"], color="tab:red", linestyle=":", label="popularity")
+        if log_x:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylabel("HR@1 (ranking)")
+        ax.set_title(f"{collected['model']} on {collected['dataset']}, n={collected['eval_records']}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"hr1_vs_{over}.png"
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+
+    curves = {label: collected["runs"].get(preference_name(n, 1.0, plan.preference_seeds[0]), {}).get("log_history")
+              for label, n in (("DPO", 1), (f"S-DPO N={plan.main_negatives}", plan.main_negatives))}
+    curves = {label: history for label, history in curves.items() if history}
+    if curves:
+        keys = (("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward (mean)"),
+                ("rewards/margins", "margin"), ("logps/chosen", "log p(chosen)"))
+        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+        for ax, (key, title) in zip(axes, keys):
+            for label, history in curves.items():
+                steps = [entry["step"] for entry in history if key in entry and "eval_loss" not in entry]
+                values = [entry[key] for entry in history if key in entry and "eval_loss" not in entry]
+                ax.plot(steps, values, label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"training curves, {collected['model']} on {collected['dataset']} (seed "
+                     f"{plan.preference_seeds[0]}, beta 1)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / "training_curves.png", dpi=120)
+        plt.close(fig)
+        written.append("training_curves.png")
+    return written
+
+
+def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results_dir: Path, profile: str) -> Path:
+    """Write table.md, table.csv, results.json and the figures of one model plan; returns the folder."""
+    collected = collect(plan, cells, root, dataset)
+    folder = results_dir / dataset / plan.tag
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(plan, collected)
+    figures = plot_figures(plan, collected, folder)
+    total = sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0) for run in collected["runs"].values())
+    missing = [cell.name for cell in cells if not (root / "cells" / f"{cell.name}.json").exists()]
+    markdown = "\n".join([
+        f"# {plan.model_name} on {dataset} (profile `{profile}`)", "",
+        f"Evaluation: {collected['eval_records']} test prompts (seeded random sample across users, seed "
+        f"{plan.eval_seed}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",
+        "Generation columns: greedy output names exactly one candidate (valid) and it is the target (HR@1).",
+        "Ranking columns: the 20 candidates ranked by log p(name + EOS | prompt).", "",
+        format_markdown(rows), "",
+        f"Cells finished: {len(cells) - len(missing)} of {len(cells)}"
+        + (f" (missing: {', '.join(missing)})" if missing else "") + f"; their wall time: {total / 60:.1f} min.",
+        *[f"![{name}]({name})" for name in figures], "",
+    ])
+    (folder / "table.md").write_text(markdown, encoding="utf-8")
+    write_csv(rows, folder / "table.csv")
+    payload = {"profile": profile, **{k: v for k, v in collected.items()}, "table": rows, "figures": figures,
+               "cells_missing": missing, "wall_seconds_of_cells": round(total, 1), "report_commit": git_commit()}
+    runtime.save_json(folder / "results.json", payload)
+    print(markdown)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = "outputs/reproduce",
+              results_dir: str = "results", models: str | None = None, dry_run: bool = False,
+              report_only: bool = False) -> None:
+    """Run (or print, or only report) a profile's matrix.
+
+    Args:
+        profile: `cpu` (2-core CPU, about 2 hours), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        dataset: a prepared dataset name or folder (as the stages take it).
+        output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
+        results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).
+        models: comma-separated tags of the profile's models to run (default: all).
+        dry_run: print every command and run nothing.
+        report_only: write the tables and figures from the cells finished so far, run nothing.
+    """
+    if profile not in PROFILES:
+        raise runtime.UsageError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    plans = PROFILES[profile]
+    if models:
+        wanted = models.split(",") if isinstance(models, str) else list(models)
+        unknown = set(wanted) - {plan.tag for plan in plans}
+        if unknown:
+            raise runtime.UsageError(f"profile {profile} has no model {', '.join(sorted(unknown))}: "
+                                     f"use {', '.join(plan.tag for plan in plans)}")
+        plans = [plan for plan in plans if plan.tag in wanted]
+    dataset_name = Path(dataset).name if Path(dataset).is_dir() else dataset
+    start = time.time()
+    failed: list[str] = []
+    for plan in plans:
+        root = Path(output_root) / profile / dataset_name / plan.tag
+        cells = plan_cells(plan, dataset, root)
+        if dry_run:
+            for cell in cells:
+                print(" ".join(cell.command))
+            continue
+        if not report_only:
+            runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
+            failed += run_cells(cells, root)
+        report(plan, cells, root, dataset_name, Path(results_dir), profile)
+    if not dry_run:
+        print(f"reproduce finished in {time.time() - start:.0f} s")
+    if failed:
+        raise runtime.UsageError(f"{len(failed)} cell(s) failed or were skipped: {', '.join(failed)} "
+                                 f"(logs under {output_root}); rerun to retry them")
+
+
+if __name__ == "__main__":
+    runtime.main(reproduce)
