@@ -353,14 +353,29 @@ def tokenize_preference_row(tokenizer, row: dict, max_prompt_length: int | None 
 # Metrics
 
 
-def candidates_in_output(output: str, candidates: Sequence[str]) -> list[str]:
-    """The candidate names that appear in a generated text.
+def _occurrences(name: str, text: str) -> list[tuple[int, int]]:
+    """Spans `[start, end)` of every (possibly overlapping) occurrence of `name` in `text`."""
+    spans, start = [], text.find(name)
+    while start != -1:
+        spans.append((start, start + len(name)))
+        start = text.find(name, start + 1)
+    return spans
 
-    A name that is part of a longer candidate name found at the same place is not counted twice
-    (e.g. output "Muse Revival" with candidates "Muse" and "Muse Revival" names one item).
+
+def candidates_in_output(output: str, candidates: Sequence[str]) -> list[str]:
+    """The candidate names that appear in a generated text, in candidate order.
+
+    An occurrence of a name that lies inside an occurrence of a longer candidate name is not counted
+    (output "Muse Revival" with candidates "Muse" and "Muse Revival" names one item), but the shorter
+    name still counts when it also appears on its own elsewhere ("Muse Revival, then Muse" names two).
     """
-    found = [name for name in candidates if name in output]
-    return [name for name in found if not any(name != other and name in other and other in output for other in found)]
+    spans = {name: _occurrences(name, output) for name in candidates if name}
+    longer = [(start, end) for name_spans in spans.values() for start, end in name_spans]
+
+    def inside_longer(start: int, end: int) -> bool:
+        return any(s <= start and end <= e and e - s > end - start for s, e in longer)
+
+    return [name for name, name_spans in spans.items() if any(not inside_longer(*span) for span in name_spans)]
 
 
 def prediction_of(output: str, candidates: Sequence[str]) -> str | None:

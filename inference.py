@@ -84,11 +84,14 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
 
 
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,
-                        load_in_4bit: bool = True):
-    """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized."""
+                        load_in_4bit: bool | str = "auto", double_quant: bool = False):
+    """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized.
+
+    A 4-bit base is loaded without the k-bit *training* preparation (fp32 norms, embeddings, head).
+    """
     base = runtime.base_model_path(base_model, checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, checkpoint))
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=double_quant, for_training=False)
     if checkpoint:
         model = models.load_adapter(model, checkpoint, trainable=False)
         if not getattr(model, "is_loaded_in_4bit", False) and models.compute_device() == "cpu":
@@ -107,15 +110,18 @@ def evaluate(
     batch_size: int = 16,
     max_samples: int | None = None,
     cutoff_len: int = 512,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     seed: int = 0,
 ) -> dict:
     """Evaluate a model (optionally with an adapter) on the test split; returns the metrics."""
+    runtime.check_load_in_4bit(load_in_4bit)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, METRICS_FILE)
     runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("test",), dataset, None, None, test_file, prompt_path)
     records = data.test[:max_samples] if max_samples else data.test
-    model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit)
+    model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
+                                           bnb_4bit_use_double_quant)
     start = time.time()
     metrics, rows = evaluate_records(model, tokenizer, records, data.templates, seed, batch_size, cutoff_len)
     metrics["seconds"] = round(time.time() - start, 2)

@@ -60,6 +60,12 @@ def check_checkpoint(path: str | None, flag: str = "resume_from_checkpoint") -> 
         raise UsageError(f"{path}: --{flag} does not exist")
 
 
+def check_load_in_4bit(value) -> None:
+    """`--load_in_4bit` is `auto` (4-bit on CUDA, fp32 on a CPU), True (4-bit on any device) or False."""
+    if value != "auto" and not isinstance(value, bool):
+        raise UsageError(f"--load_in_4bit must be auto, True or False, got {value!r}")
+
+
 def report_to(wandb_project: str, wandb_name: str, logging_dir: str | None = None) -> list[str]:
     """wandb when a project is given (offline unless WANDB_MODE says otherwise), else no logger.
 

@@ -43,7 +43,8 @@ def train(
     lora_r: int = 8,
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     logging_dir: str | None = None,
     wandb_project: str = "",
     wandb_name: str = "",
@@ -51,6 +52,7 @@ def train(
 ) -> str:
     """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
     flags, start = dict(locals()), time.time()
+    runtime.check_load_in_4bit(load_in_4bit)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     if isinstance(resume_from_checkpoint, str):
         runtime.check_checkpoint(resume_from_checkpoint)
@@ -66,7 +68,7 @@ def train(
     set_seed(seed)
     base = runtime.base_model_path(model_name, None, data, seed)
     tokenizer = models.load_tokenizer(base)
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
     model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
 
     def tokenized(records):

@@ -17,6 +17,8 @@ CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
 EVAL_STEP=${EVAL_STEP:-10}                         # 40
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
 MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}            # 200
+LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
+BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
 WANDB_PROJECT=${WANDB_PROJECT:-}                   # e.g. sdpo (offline unless WANDB_MODE=online)
 WANDB_NAME=${WANDB_NAME:-sft}
@@ -29,4 +31,5 @@ source "$(dirname "$0")/common.sh"
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" \
+    --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

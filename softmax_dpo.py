@@ -48,7 +48,8 @@ def train(
     precompute_ref_log_probs: bool = False,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = 200,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     logging_dir: str | None = None,
     wandb_project: str = "",
     wandb_name: str = "",
@@ -61,6 +62,7 @@ def train(
     runtime.check_checkpoint(resume_from_checkpoint)
     if forward not in ("shared", "concat"):
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
+    runtime.check_load_in_4bit(load_in_4bit)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     di.check_neg_num(data.train, neg_num, data.files.train)
@@ -77,7 +79,7 @@ def train(
     set_seed(seed)
     base = runtime.base_model_path(model_name, resume_from_checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, resume_from_checkpoint))
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
     model = models.load_adapter(model, resume_from_checkpoint, trainable=True)
     if not precompute_ref_log_probs:
         model.load_adapter(resume_from_checkpoint, adapter_name=REFERENCE_ADAPTER, is_trainable=False)

@@ -145,6 +145,16 @@ def test_prediction_of_hand_written_generations(output, expected):
 def test_a_name_inside_a_longer_candidate_name_counts_once():
     assert di.prediction_of("Muse Revival", ["Muse", "Muse Revival", "Other"]) == "Muse Revival"
     assert di.prediction_of("Muse", ["Muse", "Muse Revival"]) == "Muse"
+    assert di.candidates_in_output("I pick Muse Revival.", ["Muse", "Muse Revival"]) == ["Muse Revival"]
+
+
+def test_a_shorter_name_mentioned_on_its_own_elsewhere_still_counts():
+    names = ["Muse", "Muse Revival", "Other"]
+    assert di.candidates_in_output("Muse Revival, or maybe Muse", names) == ["Muse", "Muse Revival"]
+    assert di.candidates_in_output("Muse, then Muse Revival", names) == ["Muse", "Muse Revival"]
+    assert di.prediction_of("Muse Revival or Muse", names) is None  # two items named: invalid
+    # Overlapping longer names: each covers its own occurrence of the shorter one.
+    assert di.candidates_in_output("A B C", ["A B", "B C", "B"]) == ["A B", "B C"]
 
 
 def test_metrics_divide_by_all_prompts():

@@ -215,14 +215,6 @@ def test_dpo_is_the_one_negative_case():
         dpo.train(neg_num=3)
 
 
-def test_four_bit_nf4_is_chosen_on_cuda_only():
-    config = models.quantization_config_for("cuda")
-    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert models.quantization_config_for("cpu") is None
-    assert models.quantization_config_for("cuda", load_in_4bit=False) is None
-
-
 def test_sft_resumes_a_killed_run_to_the_same_adapter(synthetic_dir, tmp_path):
     from safetensors.torch import load_file
 
