@@ -394,6 +394,24 @@ def recommendation_metrics(predictions: Sequence[str | None], targets: Sequence[
     return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}
 
 
+def original_rule_metrics(outputs: Sequence[str], records: Sequence[Record]) -> dict:
+    """HR@1 and ValidRatio under the original release's counting rule, as `hr@1_original` and
+    `valid_ratio_original`.
+
+    The original counts an output valid when exactly one candidate name occurs in it as a substring
+    (a name inside a longer candidate name counts too, so "Muse Revival" names both "Muse" and "Muse
+    Revival" and is invalid), and a hit when it is valid and the target occurs in it. Divided by all
+    prompts. `recommendation_metrics` differs only for names inside longer candidate names.
+    """
+    n = len(records)
+    valid = hits = 0
+    for output, record in zip(outputs, records):
+        if sum(name in output for name in record.candidates) == 1:
+            valid += 1
+            hits += record.target in output
+    return {"hr@1_original": hits / n if n else 0.0, "valid_ratio_original": valid / n if n else 0.0}
+
+
 def sample_records(records: Sequence[Record], max_samples: int | None, seed: int = 0) -> list[Record]:
     """A seeded random subset of `max_samples` records (in file order), or all of them.
 

@@ -5,7 +5,8 @@
 
 A generation is valid when exactly one candidate name appears in it; it is a hit when that name is
 the true next item. Both are divided by the number of test prompts (invalid outputs are misses).
-Writes `predictions.jsonl` (one line per prompt) and `metrics.json` to `output_dir`.
+`metrics.json` also holds `hr@1_original` and `valid_ratio_original`: the original release's plain
+substring count (`data_interface.original_rule_metrics`). Writes `predictions.jsonl` (one line per prompt) and `metrics.json` to `output_dir`.
 
 Speed: prompts are sorted by length so a batch holds prompts of similar length (little padding),
 generation uses the KV cache and stops as soon as every sequence of the batch has produced EOS, and a
@@ -80,7 +81,9 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
          "valid": prediction is not None, "hit": prediction == record.target}
         for i, (output, prediction, record) in enumerate(zip(outputs, predictions, records))
     ]
-    return di.recommendation_metrics(predictions, [record.target for record in records]), rows
+    metrics = di.recommendation_metrics(predictions, [record.target for record in records])
+    metrics.update(di.original_rule_metrics(outputs, records))  # the original release's counting rule
+    return metrics, rows
 
 
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,

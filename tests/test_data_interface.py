@@ -162,6 +162,20 @@ def test_metrics_divide_by_all_prompts():
     assert metrics == {"hr@1": 0.5, "valid_ratio": 0.75, "n": 4}
 
 
+def test_the_original_counting_rule_disagrees_only_on_names_inside_longer_names():
+    names = ("Muse", "Muse Revival", "Other")
+    records = [di.Record(("h",), names, "Muse Revival"), di.Record(("h",), names, "Muse"),
+               di.Record(("h",), names, "Other"), di.Record(("h",), names, "Other")]
+    outputs = ["Muse Revival", "Muse", "Other", "Muse and Other"]
+    ours = di.recommendation_metrics([di.prediction_of(o, r.candidates) for o, r in zip(outputs, records)],
+                                     [r.target for r in records])
+    original = di.original_rule_metrics(outputs, records)
+    # Ours: "Muse Revival" names one item (a hit); the original sees two names in it (invalid).
+    assert ours == {"hr@1": 0.75, "valid_ratio": 0.75, "n": 4}
+    assert original == {"hr@1_original": 0.5, "valid_ratio_original": 0.5}
+    assert di.original_rule_metrics([], []) == {"hr@1_original": 0.0, "valid_ratio_original": 0.0}
+
+
 def test_popularity_and_random_reference_points(tmp_path):
     train = [di.Record(("h",), ("x", "y", "z"), "y"), di.Record(("h",), ("x", "y", "z"), "y"),
              di.Record(("h",), ("x", "y", "z"), "z")]

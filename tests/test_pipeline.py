@@ -50,6 +50,7 @@ def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
         assert info["seconds"] > 0
         metrics = json.loads((launched_run / "eval" / method / "metrics.json").read_text())
         assert metrics["n"] == 12 and 0 <= metrics["hr@1"] <= metrics["valid_ratio"] <= 1
+        assert 0 <= metrics["hr@1_original"] <= metrics["valid_ratio_original"] <= 1
         lines = (launched_run / "eval" / method / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 12 and {"output", "prediction", "target", "valid", "hit"} <= set(json.loads(lines[0]))
     base = json.loads((launched_run / "eval" / "base" / "metrics.json").read_text())  # the untrained model
