@@ -105,8 +105,36 @@ def load_records(path: str | Path) -> list[Record]:
     return [_parse_record(item, path, index) for index, item in enumerate(raw)]
 
 
-def load_templates(path: str | Path) -> list[str]:
-    """Read prompt templates: blocks separated by '---' lines; '#' lines are comments.
+class Templates(list):
+    """Prompt templates (a list of strings) and how their items are joined: `quote_items` True for this
+    project's files ('"a", "b"'), False for the original release's (plain 'a, b')."""
+
+    def __init__(self, templates: Iterable[str], quote_items: bool = True):
+        super().__init__(templates)
+        self.quote_items = quote_items
+
+
+def _is_original_prompt_file(lines: Sequence[str]) -> bool:
+    """The original release's format: one template per line, no '---' separators.
+
+    Recognised when no line is '---' and there are at least two non-empty lines, each holding both
+    placeholders (a file with one single-line template reads the same either way except for quoting,
+    and is taken as this project's format).
+    """
+    filled = [line for line in lines if line.strip()]
+    return (
+        len(filled) >= 2
+        and not any(line.strip() == TEMPLATE_SEPARATOR for line in lines)
+        and all(HISTORY_PLACEHOLDER in line and CANDIDATES_PLACEHOLDER in line for line in filled)
+    )
+
+
+def load_templates(path: str | Path) -> Templates:
+    """Read prompt templates in either format, detected from the file:
+
+    - this project's: blocks separated by '---' lines; '#' lines are comments; items are quoted.
+    - the original release's (`prompt/music.txt` etc.): one template per non-empty line, no comments;
+      items are joined with ', ' unquoted, as the original does.
 
     Each template must contain both placeholders; surrounding whitespace is stripped, so the prompt ends
     with the template's answer cue (e.g. 'Answer:') and the completion starts with a space.
@@ -118,8 +146,11 @@ def load_templates(path: str | Path) -> list[str]:
         raise DataError(f"{path}: prompt file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read prompt file ({error})") from None
+    lines = text.splitlines()
+    if _is_original_prompt_file(lines):
+        return Templates([line.strip() for line in lines if line.strip()], quote_items=False)
     blocks: list[list[str]] = [[]]
-    for line in text.splitlines():
+    for line in lines:
         if line.strip() == TEMPLATE_SEPARATOR:
             blocks.append([])
         elif not line.lstrip().startswith("#"):
@@ -132,7 +163,7 @@ def load_templates(path: str | Path) -> list[str]:
         for placeholder in (HISTORY_PLACEHOLDER, CANDIDATES_PLACEHOLDER):
             if placeholder not in template:
                 raise DataError(f"{path}: template {index} lacks the placeholder {placeholder}")
-    return templates
+    return Templates(templates, quote_items=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,16 +266,21 @@ def _stable_int(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def format_items(names: Sequence[str]) -> str:
-    """Items as they appear in a prompt: quoted and comma-separated (names may contain commas)."""
-    return ", ".join(f'"{name}"' for name in names)
+def format_items(names: Sequence[str], quoted: bool = True) -> str:
+    """Items as they appear in a prompt: quoted and comma-separated (names may contain commas), or
+    with `quoted=False` joined with ', ' as the original release does."""
+    return ", ".join(f'"{name}"' if quoted else name for name in names)
 
 
 def build_prompt(record: Record, templates: Sequence[str], seed: int = 0) -> str:
-    """Fill one template with the record; the template is chosen by a hash of the record and the seed."""
+    """Fill one template with the record; the template is chosen by a hash of the record and the seed.
+
+    Items are quoted unless `templates` is a `Templates` read from an original-format file.
+    """
     template = templates[_stable_int("template", seed, record.key) % len(templates)]
-    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history)).replace(
-        CANDIDATES_PLACEHOLDER, format_items(record.candidates)
+    quoted = getattr(templates, "quote_items", True)
+    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history, quoted)).replace(
+        CANDIDATES_PLACEHOLDER, format_items(record.candidates, quoted)
     )
 
 

@@ -65,6 +65,52 @@ def test_templates_split_strip_comments_and_need_both_placeholders(tmp_path):
         di.load_templates(bad)
 
 
+ORIGINAL_STYLE = (
+    "This person has listened to [HistoryHere] recently. Choose the answer from: [CansHere]. Answer: \n"
+    "Given [HistoryHere], which of [CansHere] comes next? Answer:\n"
+)
+
+
+def test_original_prompt_files_read_one_template_per_line_with_plain_joined_items(tmp_path):
+    path = write(tmp_path, ORIGINAL_STYLE + "\n", "original.txt")
+    templates = di.load_templates(path)
+    assert list(templates) == [line.strip() for line in ORIGINAL_STYLE.splitlines()]
+    assert templates.quote_items is False
+    rec = di.Record(("Muse", "AC/DC, Live"), ("Muse", "Blur", "Oasis"), "Blur")
+    prompts = {di.build_prompt(rec, templates, seed) for seed in range(20)}
+    assert prompts == {
+        "This person has listened to Muse, AC/DC, Live recently. Choose the answer from: Muse, Blur, Oasis. Answer:",
+        "Given Muse, AC/DC, Live, which of Muse, Blur, Oasis comes next? Answer:",
+    }
+    ours = di.load_templates(di.PROMPT_ROOT / "music.txt")
+    assert ours.quote_items is True and '"Muse", "Blur", "Oasis"' in di.build_prompt(rec, ours)
+
+
+def test_prompt_format_detection_on_generated_files(tmp_path):
+    """Property: k >= 2 one-line templates, whatever blank lines surround them, are read in the original
+    format; the same templates joined by '---' lines, or a single one-line template, in this project's;
+    both give the same templates."""
+    import random
+
+    rng = random.Random(0)
+    words = ["Answer:", "next", "artist", "from", "the", "options", "-", ",", "?", "#"]
+    for trial in range(200):
+        k = rng.randint(1, 5)
+        templates = []
+        for _ in range(k):
+            parts = [rng.choice(words) for _ in range(rng.randint(0, 6))] + [di.HISTORY_PLACEHOLDER, di.CANDIDATES_PLACEHOLDER]
+            rng.shuffle(parts)
+            templates.append(("Q " if parts[0] == "#" else "") + " ".join(parts))  # '#' lines are our comments
+        blank = lambda: "\n" * rng.randint(0, 2)
+        one_per_line = blank() + "".join(t + "\n" + blank() for t in templates)
+        separated = "\n---\n".join(templates) + "\n"
+        read_original = di.load_templates(write(tmp_path, one_per_line, f"o{trial}.txt"))
+        read_ours = di.load_templates(write(tmp_path, separated, f"s{trial}.txt"))
+        assert list(read_original) == templates and list(read_ours) == templates
+        assert read_original.quote_items is (k == 1)
+        assert read_ours.quote_items is True
+
+
 def test_every_shipped_template_ends_with_the_answer_cue():
     for domain in ("music", "movies", "books"):
         templates = di.load_templates(di.PROMPT_ROOT / f"{domain}.txt")
