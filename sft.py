@@ -4,8 +4,8 @@
     torchrun --nproc_per_node 4 sft.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
         --batch_size 4 --gradient_accumulation_steps 8 --num_train_epochs 5 --output_dir outputs/sft
 
-Writes checkpoints every `eval_step` steps, keeps the best by eval loss, and saves the final adapter
-and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
+Writes checkpoints every `eval_step` steps (or that fraction of the run, e.g. 0.2), keeps the best by
+eval loss, and saves the final adapter and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
 True for the latest in output_dir) continues a killed run.
 """
 
@@ -37,7 +37,7 @@ def train(
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
     cutoff_len: int = 512,
-    eval_step: int = 50,
+    eval_step: int | float = 50,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = 200,
     lora_r: int = 8,
@@ -53,13 +53,14 @@ def train(
     """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
     flags, start = dict(locals()), time.time()
     runtime.check_load_in_4bit(load_in_4bit)
+    eval_step = runtime.check_eval_step(eval_step)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     if isinstance(resume_from_checkpoint, str):
         runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+    val_records = di.sample_records(data.val, max_eval_samples, seed)  # seeded random, as the original
 
     from datasets import Dataset
     from transformers import set_seed

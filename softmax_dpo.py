@@ -41,7 +41,7 @@ def train(
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
     cutoff_len: int = 512,
-    eval_step: int = 50,
+    eval_step: int | float = 50,
     beta: float = 1.0,
     neg_num: int = 3,
     forward: str = "shared",
@@ -63,13 +63,14 @@ def train(
     if forward not in ("shared", "concat"):
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
     runtime.check_load_in_4bit(load_in_4bit)
+    eval_step = runtime.check_eval_step(eval_step)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     di.check_neg_num(data.train, neg_num, data.files.train)
     di.check_neg_num(data.val, neg_num, data.files.val)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = data.val[:max_eval_samples] if max_eval_samples else data.val
+    val_records = di.sample_records(data.val, max_eval_samples, seed)  # seeded random, as the original
 
     from datasets import Dataset
     from transformers import set_seed
