@@ -25,9 +25,10 @@ HISTORY_SEPARATOR = "::"
 HISTORY_PLACEHOLDER = "[HistoryHere]"
 CANDIDATES_PLACEHOLDER = "[CansHere]"
 TEMPLATE_SEPARATOR = "---"
-REAL_DATASETS = ("lastfm", "movielens", "goodreads")
+REAL_DATASETS = ("lastfm", "movielens", "goodreads", "lastfm-sdpo")  # lastfm-sdpo: the original release's split
 SYNTHETIC_DATASET = "synthetic"
-DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "synthetic": "music"}
+DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "lastfm-sdpo": "music",
+                     "synthetic": "music"}
 
 
 class DataError(ValueError):
