@@ -25,9 +25,10 @@ HISTORY_SEPARATOR = "::"
 HISTORY_PLACEHOLDER = "[HistoryHere]"
 CANDIDATES_PLACEHOLDER = "[CansHere]"
 TEMPLATE_SEPARATOR = "---"
-REAL_DATASETS = ("lastfm", "movielens", "goodreads")
+REAL_DATASETS = ("lastfm", "movielens", "goodreads", "lastfm-sdpo")  # lastfm-sdpo: the original release's split
 SYNTHETIC_DATASET = "synthetic"
-DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "synthetic": "music"}
+DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "lastfm-sdpo": "music",
+                     "synthetic": "music"}
 
 
 class DataError(ValueError):
@@ -105,8 +106,36 @@ def load_records(path: str | Path) -> list[Record]:
     return [_parse_record(item, path, index) for index, item in enumerate(raw)]
 
 
-def load_templates(path: str | Path) -> list[str]:
-    """Read prompt templates: blocks separated by '---' lines; '#' lines are comments.
+class Templates(list):
+    """Prompt templates (a list of strings) and how their items are joined: `quote_items` True for this
+    project's files ('"a", "b"'), False for the original release's (plain 'a, b')."""
+
+    def __init__(self, templates: Iterable[str], quote_items: bool = True):
+        super().__init__(templates)
+        self.quote_items = quote_items
+
+
+def _is_original_prompt_file(lines: Sequence[str]) -> bool:
+    """The original release's format: one template per line, no '---' separators.
+
+    Recognised when no line is '---' and there are at least two non-empty lines, each holding both
+    placeholders (a file with one single-line template reads the same either way except for quoting,
+    and is taken as this project's format).
+    """
+    filled = [line for line in lines if line.strip()]
+    return (
+        len(filled) >= 2
+        and not any(line.strip() == TEMPLATE_SEPARATOR for line in lines)
+        and all(HISTORY_PLACEHOLDER in line and CANDIDATES_PLACEHOLDER in line for line in filled)
+    )
+
+
+def load_templates(path: str | Path) -> Templates:
+    """Read prompt templates in either format, detected from the file:
+
+    - this project's: blocks separated by '---' lines; '#' lines are comments; items are quoted.
+    - the original release's (`prompt/music.txt` etc.): one template per non-empty line, no comments;
+      items are joined with ', ' unquoted, as the original does.
 
     Each template must contain both placeholders; surrounding whitespace is stripped, so the prompt ends
     with the template's answer cue (e.g. 'Answer:') and the completion starts with a space.
@@ -118,8 +147,11 @@ def load_templates(path: str | Path) -> list[str]:
         raise DataError(f"{path}: prompt file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read prompt file ({error})") from None
+    lines = text.splitlines()
+    if _is_original_prompt_file(lines):
+        return Templates([line.strip() for line in lines if line.strip()], quote_items=False)
     blocks: list[list[str]] = [[]]
-    for line in text.splitlines():
+    for line in lines:
         if line.strip() == TEMPLATE_SEPARATOR:
             blocks.append([])
         elif not line.lstrip().startswith("#"):
@@ -132,7 +164,7 @@ def load_templates(path: str | Path) -> list[str]:
         for placeholder in (HISTORY_PLACEHOLDER, CANDIDATES_PLACEHOLDER):
             if placeholder not in template:
                 raise DataError(f"{path}: template {index} lacks the placeholder {placeholder}")
-    return templates
+    return Templates(templates, quote_items=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,16 +267,21 @@ def _stable_int(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def format_items(names: Sequence[str]) -> str:
-    """Items as they appear in a prompt: quoted and comma-separated (names may contain commas)."""
-    return ", ".join(f'"{name}"' for name in names)
+def format_items(names: Sequence[str], quoted: bool = True) -> str:
+    """Items as they appear in a prompt: quoted and comma-separated (names may contain commas), or
+    with `quoted=False` joined with ', ' as the original release does."""
+    return ", ".join(f'"{name}"' if quoted else name for name in names)
 
 
 def build_prompt(record: Record, templates: Sequence[str], seed: int = 0) -> str:
-    """Fill one template with the record; the template is chosen by a hash of the record and the seed."""
+    """Fill one template with the record; the template is chosen by a hash of the record and the seed.
+
+    Items are quoted unless `templates` is a `Templates` read from an original-format file.
+    """
     template = templates[_stable_int("template", seed, record.key) % len(templates)]
-    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history)).replace(
-        CANDIDATES_PLACEHOLDER, format_items(record.candidates)
+    quoted = getattr(templates, "quote_items", True)
+    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history, quoted)).replace(
+        CANDIDATES_PLACEHOLDER, format_items(record.candidates, quoted)
     )
 
 
@@ -360,14 +397,29 @@ def tokenize_preference_row(tokenizer, row: dict, max_prompt_length: int | None 
 # Metrics
 
 
-def candidates_in_output(output: str, candidates: Sequence[str]) -> list[str]:
-    """The candidate names that appear in a generated text.
+def _occurrences(name: str, text: str) -> list[tuple[int, int]]:
+    """Spans `[start, end)` of every (possibly overlapping) occurrence of `name` in `text`."""
+    spans, start = [], text.find(name)
+    while start != -1:
+        spans.append((start, start + len(name)))
+        start = text.find(name, start + 1)
+    return spans
 
-    A name that is part of a longer candidate name found at the same place is not counted twice
-    (e.g. output "Muse Revival" with candidates "Muse" and "Muse Revival" names one item).
+
+def candidates_in_output(output: str, candidates: Sequence[str]) -> list[str]:
+    """The candidate names that appear in a generated text, in candidate order.
+
+    An occurrence of a name that lies inside an occurrence of a longer candidate name is not counted
+    (output "Muse Revival" with candidates "Muse" and "Muse Revival" names one item), but the shorter
+    name still counts when it also appears on its own elsewhere ("Muse Revival, then Muse" names two).
     """
-    found = [name for name in candidates if name in output]
-    return [name for name in found if not any(name != other and name in other and other in output for other in found)]
+    spans = {name: _occurrences(name, output) for name in candidates if name}
+    longer = [(start, end) for name_spans in spans.values() for start, end in name_spans]
+
+    def inside_longer(start: int, end: int) -> bool:
+        return any(s <= start and end <= e and e - s > end - start for s, e in longer)
+
+    return [name for name, name_spans in spans.items() if any(not inside_longer(*span) for span in name_spans)]
 
 
 def prediction_of(output: str, candidates: Sequence[str]) -> str | None:
@@ -384,6 +436,24 @@ def recommendation_metrics(predictions: Sequence[str | None], targets: Sequence[
     valid = sum(prediction is not None for prediction in predictions)
     hits = sum(prediction == target for prediction, target in zip(predictions, targets))
     return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}
+
+
+def original_rule_metrics(outputs: Sequence[str], records: Sequence[Record]) -> dict:
+    """HR@1 and ValidRatio under the original release's counting rule, as `hr@1_original` and
+    `valid_ratio_original`.
+
+    The original counts an output valid when exactly one candidate name occurs in it as a substring
+    (a name inside a longer candidate name counts too, so "Muse Revival" names both "Muse" and "Muse
+    Revival" and is invalid), and a hit when it is valid and the target occurs in it. Divided by all
+    prompts. `recommendation_metrics` differs only for names inside longer candidate names.
+    """
+    n = len(records)
+    valid = hits = 0
+    for output, record in zip(outputs, records):
+        if sum(name in output for name in record.candidates) == 1:
+            valid += 1
+            hits += record.target in output
+    return {"hr@1_original": hits / n if n else 0.0, "valid_ratio_original": valid / n if n else 0.0}
 
 
 def sample_records(records: Sequence[Record], max_samples: int | None, seed: int = 0) -> list[Record]:

@@ -5,7 +5,9 @@
 
 Generation (the paper's metric): greedy decoding of at most 20 new tokens. A generation is valid when
 exactly one candidate name appears in it; it is a hit when that name is the true next item. Both are
-divided by the number of test prompts (invalid outputs are misses).
+divided by the number of test prompts (invalid outputs are misses). `metrics.json` also holds
+`hr@1_original` and `valid_ratio_original`: the original release's plain substring count
+(`data_interface.original_rule_metrics`).
 
 Ranking: every candidate c of a prompt is scored by log p(" c" + EOS | prompt), with the same
 completion log-prob function the S-DPO trainer optimises (the prompt encoded once, the 20 candidates
@@ -129,6 +131,7 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
             row.update(output=output, prediction=prediction, valid=prediction is not None,
                        hit=prediction == row["target"])
         metrics.update(di.recommendation_metrics(predictions, [record.target for record in records]))
+        metrics.update(di.original_rule_metrics(outputs, records))  # the original release's counting rule
     if ranking:
         scores = score_candidates(model, tokenizer, prompts, [record.candidates for record in records], batch_size,
                                   cutoff_len, progress)
@@ -140,11 +143,14 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
 
 
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,
-                        load_in_4bit: bool = True):
-    """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized."""
+                        load_in_4bit: bool | str = "auto", double_quant: bool = False):
+    """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized.
+
+    A 4-bit base is loaded without the k-bit *training* preparation (fp32 norms, embeddings, head).
+    """
     base = runtime.base_model_path(base_model, checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, checkpoint))
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=double_quant, for_training=False)
     if checkpoint and not runtime.is_full_model(checkpoint):
         model = models.load_adapter(model, checkpoint, trainable=False)
         if not getattr(model, "is_loaded_in_4bit", False) and models.compute_device() == "cpu":
@@ -166,15 +172,18 @@ def evaluate(
     generation: bool = True,
     ranking: bool = True,
     bf16: bool | None = None,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     seed: int = 0,
 ) -> dict:
     """Evaluate a model (optionally with an adapter) on the test split; returns the metrics."""
+    runtime.check_load_in_4bit(load_in_4bit)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, METRICS_FILE)
     runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("test",), dataset, None, None, test_file, prompt_path)
     records = di.sample_records(data.test, max_samples, seed)
-    model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit)
+    model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
+                                           bnb_4bit_use_double_quant)
     start = time.time()
     with runtime.autocast(bf16):
         metrics, rows = evaluate_records(model, tokenizer, records, data.templates, seed, batch_size, cutoff_len,

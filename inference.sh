@@ -11,6 +11,8 @@ METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; 
 BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
 MAX_SAMPLES=${MAX_SAMPLES:-64}                     # empty: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
+LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
+BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
 # -------------------------------------------------------------------------------------------------
 source "$(dirname "$0")/common.sh"
@@ -20,5 +22,6 @@ for method in $METHODS; do
         --base_model "$MODEL_NAME" ${checkpoint:+--resume_from_checkpoint "$checkpoint"} \
         --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
         --output_dir "$OUTPUT_ROOT/eval/$method" --batch_size "$BATCH_SIZE" \
-        ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} --cutoff_len "$CUTOFF_LEN" --seed "$SEED" "$@"
+        ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} --cutoff_len "$CUTOFF_LEN" \
+        --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" --seed "$SEED" "$@"
 done

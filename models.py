@@ -8,8 +8,8 @@
 - anything else: a local Hugging Face folder or hub id (e.g. ``meta-llama/Llama-2-7b-hf``).
 
 On CUDA the base model is loaded in 4-bit NF4 with bf16 compute and prepared for k-bit training, as
-in the paper; on CPU it is fp32. LoRA (r=8, alpha=32, dropout 0.1 on all projections) is attached by
-`attach_lora`; a stage that continues from a checkpoint loads its adapter with `load_adapter`.
+in the paper; on CPU it is fp32 unless `--load_in_4bit True` asks for 4-bit there too. LoRA (r=8,
+alpha=32, dropout 0.1 on all projections) is attached by `attach_lora`; a stage that continues from a checkpoint loads its adapter with `load_adapter`.
 """
 
 from __future__ import annotations
@@ -56,16 +56,30 @@ def compute_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def quantization_config_for(device: str, load_in_4bit: bool = True):
-    """The bitsandbytes config for a device: 4-bit NF4 with bf16 compute on CUDA, None on CPU."""
-    if device != "cuda" or not load_in_4bit:
+def wants_4bit(device: str, load_in_4bit: bool | str = "auto") -> bool:
+    """Whether to load the base in 4-bit: `"auto"` = on CUDA only, True = on any device (the CPU too,
+    through bitsandbytes' CPU kernels; slow, for testing the paper's path), False = never."""
+    if load_in_4bit == "auto":
+        return device == "cuda"
+    if not isinstance(load_in_4bit, bool):
+        raise ValueError(f"--load_in_4bit must be auto, True or False, got {load_in_4bit!r}")
+    return load_in_4bit
+
+
+def quantization_config_for(device: str, load_in_4bit: bool | str = "auto", double_quant: bool = False):
+    """The bitsandbytes config: 4-bit NF4 with bf16 compute when `wants_4bit`, else None.
+
+    `double_quant` also quantizes the quantization constants (saves ~0.4 bit per weight); off by
+    default, as in the original release.
+    """
+    if not wants_4bit(device, load_in_4bit):
         return None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
+        bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
 
@@ -208,22 +222,31 @@ def load_tokenizer(path: str):
     return _set_padding(AutoTokenizer.from_pretrained(path))
 
 
-def load_base_model(path: str, load_in_4bit: bool = True, gradient_checkpointing: bool = False):
-    """Load a causal LM: 4-bit NF4 + k-bit preparation on CUDA, fp32 on CPU (with a one-line notice)."""
+def load_base_model(path: str, load_in_4bit: bool | str = "auto", gradient_checkpointing: bool = False,
+                    double_quant: bool = False, for_training: bool = True):
+    """Load a causal LM: 4-bit NF4 on CUDA, fp32 on CPU (with a one-line notice), 4-bit on CPU when
+    `load_in_4bit` is True.
+
+    A 4-bit model loaded `for_training` gets `prepare_model_for_kbit_training` (norms, embeddings and
+    head in fp32, input gradients on); for generation it is used as loaded, as the original evaluates.
+    """
     from transformers import AutoModelForCausalLM
 
     device = compute_device()
-    quantization = quantization_config_for(device, load_in_4bit)
+    quantization = quantization_config_for(device, load_in_4bit, double_quant)
     if device == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         kwargs = {"device_map": {"": local_rank}, "dtype": torch.bfloat16}
-        if quantization is not None:
-            kwargs["quantization_config"] = quantization
-    else:
+    elif quantization is None:
         logger.warning("no CUDA device: loading %s in fp32 on the CPU (no 4-bit quantization)", path)
         kwargs = {"dtype": torch.float32}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        logger.warning("no CUDA device: loading %s in 4-bit NF4 on the CPU (--load_in_4bit True; slow)", path)
+        kwargs = {"dtype": torch.float32}  # non-quantized weights (norms, embeddings, head) stay fp32
     if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization is not None and for_training:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

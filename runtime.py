@@ -60,6 +60,25 @@ def check_checkpoint(path: str | None, flag: str = "resume_from_checkpoint") -> 
         raise UsageError(f"{path}: --{flag} does not exist")
 
 
+def check_eval_step(eval_step) -> int | float:
+    """`--eval_step`: a whole number of steps (>= 1), or a fraction 0 < x < 1 of the run's total steps
+    (the original evaluates every 0.2 of SFT and 0.1 of preference training). Returns it as an int or
+    a float below 1."""
+    if isinstance(eval_step, bool) or not isinstance(eval_step, (int, float)) or not eval_step > 0:
+        raise UsageError(f"--eval_step must be a number of steps >= 1 or a fraction 0 < x < 1, got {eval_step!r}")
+    if eval_step < 1:
+        return float(eval_step)
+    if eval_step != int(eval_step):
+        raise UsageError(f"--eval_step must be a whole number of steps or a fraction below 1, got {eval_step!r}")
+    return int(eval_step)
+
+
+def check_load_in_4bit(value) -> None:
+    """`--load_in_4bit` is `auto` (4-bit on CUDA, fp32 on a CPU), True (4-bit on any device) or False."""
+    if value != "auto" and not isinstance(value, bool):
+        raise UsageError(f"--load_in_4bit must be auto, True or False, got {value!r}")
+
+
 def report_to(wandb_project: str, wandb_name: str, logging_dir: str | None = None) -> list[str]:
     """wandb when a project is given (offline unless WANDB_MODE says otherwise), else no logger.
 
@@ -122,7 +141,7 @@ def device_training_arguments(bf16: bool | None = None) -> dict:
 
 
 def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumulation_steps: int,
-                             learning_rate: float, num_train_epochs: float, max_steps: int, eval_step: int,
+                             learning_rate: float, num_train_epochs: float, max_steps: int, eval_step: int | float,
                              seed: int, wandb_project: str, wandb_name: str, logging_dir: str | None,
                              bf16: bool | None = None) -> dict:
     """The TrainingArguments every training stage shares, from its flags."""
@@ -140,8 +159,9 @@ def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumul
     }
 
 
-def training_schedule_arguments(eval_step: int, run_name: str | None, report: list[str]) -> dict:
-    """Evaluation/saving every `eval_step` steps, keeping the best checkpoint by eval loss."""
+def training_schedule_arguments(eval_step: int | float, run_name: str | None, report: list[str]) -> dict:
+    """Evaluation/saving every `eval_step` steps (a float below 1: that fraction of the total steps,
+    which transformers resolves), keeping the best checkpoint by eval loss."""
     return {
         "eval_strategy": "steps",
         "eval_steps": eval_step,
@@ -151,7 +171,7 @@ def training_schedule_arguments(eval_step: int, run_name: str | None, report: li
         "load_best_model_at_end": True,
         "metric_for_best_model": "eval_loss",
         "greater_is_better": False,
-        "logging_steps": max(1, min(10, eval_step)),
+        "logging_steps": max(1, min(10, eval_step)),  # a fractional eval_step logs every step
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.05,  # a float below 1 is a ratio of the total steps
         "max_grad_norm": 0.3,

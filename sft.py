@@ -4,9 +4,9 @@
     torchrun --nproc_per_node 4 sft.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
         --batch_size 4 --gradient_accumulation_steps 8 --num_train_epochs 5 --output_dir outputs/sft
 
-Writes checkpoints every `eval_step` steps, keeps the best by eval loss, and saves the final adapter
-(with `--full_finetune`: the whole model, e.g. for the tiny model trained from scratch) and tokenizer
-in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
+Writes checkpoints every `eval_step` steps (or that fraction of the run, e.g. 0.2), keeps the best by
+eval loss, and saves the final adapter (with `--full_finetune`: the whole model, e.g. for the tiny model
+trained from scratch) and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
 True for the latest in output_dir) continues a killed run.
 """
 
@@ -38,7 +38,7 @@ def train(
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
     cutoff_len: int = 512,
-    eval_step: int = 50,
+    eval_step: int | float = 50,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = 200,
     lora_r: int = 8,
@@ -46,7 +46,8 @@ def train(
     lora_dropout: float = 0.1,
     full_finetune: bool = False,
     bf16: bool | None = None,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     logging_dir: str | None = None,
     wandb_project: str = "",
     wandb_name: str = "",
@@ -54,13 +55,15 @@ def train(
 ) -> str:
     """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
     flags, start = dict(locals()), time.time()
+    runtime.check_load_in_4bit(load_in_4bit)
+    eval_step = runtime.check_eval_step(eval_step)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     if isinstance(resume_from_checkpoint, str):
         runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = di.sample_records(data.val, max_eval_samples, seed)
+    val_records = di.sample_records(data.val, max_eval_samples, seed)  # seeded random, as the original
 
     from datasets import Dataset
     from transformers import set_seed
@@ -72,7 +75,7 @@ def train(
     if full_finetune:  # every weight trains: for models trained from scratch (tiny), never quantized
         model = models.load_base_model(base, load_in_4bit=False)
     else:
-        model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+        model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
         model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
 
     def tokenized(records):

@@ -14,9 +14,11 @@ LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 5
 MAX_STEPS=${MAX_STEPS:-10}                         # -1 (use epochs)
 CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
-EVAL_STEP=${EVAL_STEP:-10}                         # 40
+EVAL_STEP=${EVAL_STEP:-10}                         # 0.2 (a fraction of the run's steps, as the original)
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
-MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}            # 200
+MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 0 (the whole val split, as the original)
+LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
+BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
 WANDB_PROJECT=${WANDB_PROJECT:-}                   # e.g. sdpo (offline unless WANDB_MODE=online)
 WANDB_NAME=${WANDB_NAME:-sft}
@@ -29,4 +31,5 @@ source "$(dirname "$0")/common.sh"
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" \
+    --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

@@ -41,7 +41,7 @@ def train(
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
     cutoff_len: int = 512,
-    eval_step: int = 50,
+    eval_step: int | float = 50,
     beta: float = 1.0,
     neg_num: int = 3,
     forward: str = "shared",
@@ -50,7 +50,8 @@ def train(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = 200,
     bf16: bool | None = None,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | str = "auto",
+    bnb_4bit_use_double_quant: bool = False,
     logging_dir: str | None = None,
     wandb_project: str = "",
     wandb_name: str = "",
@@ -63,6 +64,8 @@ def train(
     runtime.check_checkpoint(resume_from_checkpoint)
     if forward not in ("shared", "concat"):
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
+    runtime.check_load_in_4bit(load_in_4bit)
+    eval_step = runtime.check_eval_step(eval_step)
     full_sft = runtime.is_full_model(resume_from_checkpoint)
     if full_finetune and not full_sft:
         raise runtime.UsageError(f"{resume_from_checkpoint}: --full_finetune needs a whole-model SFT checkpoint "
@@ -73,7 +76,7 @@ def train(
     di.check_neg_num(data.val, neg_num, data.files.val)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
-    val_records = di.sample_records(data.val, max_eval_samples, seed)
+    val_records = di.sample_records(data.val, max_eval_samples, seed)  # seeded random, as the original
 
     from datasets import Dataset
     from transformers import set_seed
@@ -86,12 +89,13 @@ def train(
     if full_sft:
         # The SFT model is a whole model: the policy trains all of it (--full_finetune) or a fresh LoRA on
         # it, and the reference is that SFT model, whose log-probs are computed once before training.
-        model = models.load_base_model(base, load_in_4bit=load_in_4bit and not full_finetune)
+        model = models.load_base_model(base, load_in_4bit=False if full_finetune else load_in_4bit,
+                                       double_quant=bnb_4bit_use_double_quant)
         if not full_finetune:
             model = models.attach_lora(model, models.lora_config(model_name))
         precompute_ref_log_probs = True
     else:
-        model = models.load_base_model(base, load_in_4bit=load_in_4bit)
+        model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
         model = models.load_adapter(model, resume_from_checkpoint, trainable=True)
         if not precompute_ref_log_probs:
             model.load_adapter(resume_from_checkpoint, adapter_name=REFERENCE_ADAPTER, is_trainable=False)

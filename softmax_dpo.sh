@@ -15,12 +15,14 @@ LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 3
 MAX_STEPS=${MAX_STEPS:-6}                          # -1 (use epochs)
 CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
-EVAL_STEP=${EVAL_STEP:-6}                          # 40
+EVAL_STEP=${EVAL_STEP:-6}                          # 0.1 (a fraction of the run's steps, as the original)
 BETA=${BETA:-1.0}                                  # 1.0
 NEG_NUM=${NEG_NUM:-3}                              # 3
 FORWARD=${FORWARD:-shared}                         # shared (prompt encoded once) | concat (1+N copies)
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
-MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}            # 200
+MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 2000 (seeded random sample of the val split)
+LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
+BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
 WANDB_PROJECT=${WANDB_PROJECT:-}
 WANDB_NAME=${WANDB_NAME:-sdpo}
@@ -35,4 +37,5 @@ source "$(dirname "$0")/common.sh"
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" --beta "$BETA" --neg_num "$NEG_NUM" \
     --forward "$FORWARD" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" \
+    --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

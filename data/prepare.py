@@ -6,6 +6,7 @@ One command per dataset::
     python data/prepare.py --dataset lastfm    [--raw_dir DIR] [--out_dir DIR] [--seed S]
     python data/prepare.py --dataset movielens [--raw_dir DIR] [--out_dir DIR] [--seed S]
     python data/prepare.py --dataset goodreads [--genre poetry] [--max_users N] [--max_items N]
+    python data/prepare.py --dataset lastfm-sdpo [--raw_dir DIR]    # the original release's split files
 
 It writes ``train.json``, ``val.json``, ``test.json`` (a JSON list of
 ``{"historyList": "a::b::c", "itemList": [20 names], "trueSelection": name}``),
@@ -49,8 +50,8 @@ LOGGER = logging.getLogger("sdpo.data.prepare")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-DATASETS = ("lastfm", "movielens", "goodreads")
-DOMAINS = {"lastfm": "music", "movielens": "movies", "goodreads": "books"}
+DATASETS = ("lastfm", "movielens", "goodreads", "lastfm-sdpo")
+DOMAINS = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "lastfm-sdpo": "music"}
 
 NUM_CANDIDATES = 20
 MIN_HISTORY = 3
@@ -867,6 +868,121 @@ def dump_records(records: list[dict[str, Any]]) -> bytes:
 
 
 # ---------------------------------------------------------------------------
+# The original S-DPO release's LastFM split (used as published, not rebuilt)
+# ---------------------------------------------------------------------------
+
+#: The authors' public repository; its LastFM split files, by our split name.
+SDPO_RELEASE_PAGE = "https://github.com/chenyuxin1999/S-DPO/tree/main/sample_data/lastfm-sft-cans20"
+SDPO_RELEASE_BASE = "https://raw.githubusercontent.com/chenyuxin1999/S-DPO/HEAD/sample_data/lastfm-sft-cans20"
+SDPO_RELEASE_FILES = {"train": "lastfm-train.json", "val": "lastfm-val.json", "test": "lastfm-test.json"}
+
+
+def _release_hint() -> str:
+    names = ", ".join(SDPO_RELEASE_FILES.values())
+    return f"to work offline put {names} (from {SDPO_RELEASE_PAGE}) in a folder and pass --raw_dir DIR"
+
+
+def _load_records(path: Path) -> list:
+    """Validate a split file with the stage scripts' own loader (data_interface.load_records)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import data_interface
+
+    try:
+        return data_interface.load_records(path)
+    except data_interface.DataError as exc:
+        raise DataPreparationError(str(exc)) from None
+
+
+def fetch_release(raw_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """The three split files of the original release: from ``raw_dir`` (or ``$SDPO_RAW_DIR``), else
+    downloaded once into ``$SDPO_CACHE_DIR/raw/lastfm-sdpo/`` (each validated before it is kept)."""
+    chosen = raw_dir if raw_dir is not None else os.environ.get("SDPO_RAW_DIR") or None
+    if chosen is not None:
+        folder = Path(chosen).expanduser()
+        if (folder / "lastfm-sft-cans20").is_dir():
+            folder = folder / "lastfm-sft-cans20"
+        for name in SDPO_RELEASE_FILES.values():
+            if not (folder / name).is_file():
+                raise DataPreparationError(f"{folder / name}: file missing; {_release_hint()}")
+        return {split: folder / name for split, name in SDPO_RELEASE_FILES.items()}
+    base = os.environ.get("SDPO_DOWNLOAD_BASE") or SDPO_RELEASE_BASE
+    folder = cache_dir() / "lastfm-sdpo"
+    paths = {}
+    for split, name in SDPO_RELEASE_FILES.items():
+        target = folder / name
+        if not target.exists():
+            url = f"{base.rstrip('/')}/{name}"
+            with _open_url(url, _release_hint()) as response:
+                LOGGER.info("downloading %s -> %s", url, target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part = target.with_name(name + ".part")
+                try:
+                    _stream_to_file(response, url, part, _release_hint())
+                    try:
+                        _load_records(part)
+                    except DataPreparationError as exc:  # name the download, not the temporary file
+                        raise DataPreparationError(str(exc).replace(str(part), url)) from None
+                    os.replace(part, target)
+                finally:
+                    part.unlink(missing_ok=True)
+        paths[split] = target
+    return paths
+
+
+def count_sequences(records: list) -> int:
+    """Estimated number of users in a split of sliding-window records (the files hold no user ids):
+    a record continues the previous one's user when its history is the previous history plus the
+    previous target, cut to its own length."""
+    users = 0
+    previous = None
+    for record in records:
+        continued = previous is not None and record.history == (previous.history + (previous.target,))[-len(record.history):]
+        users += not continued
+        previous = record
+    return users
+
+
+def release_stats(records: dict[str, list], sha256: dict[str, str]) -> dict[str, Any]:
+    """Counts of the release's splits: samples, distinct item names, estimated users, history length."""
+    def names(split_records: list) -> set[str]:
+        return {name for r in split_records for name in (*r.history, *r.candidates, r.target)}
+
+    stats: dict[str, Any] = {"dataset": "lastfm-sdpo", "domain": DOMAINS["lastfm-sdpo"], "source": SDPO_RELEASE_PAGE}
+    every = [r for split in SPLITS for r in records[split]]
+    stats["items"] = len(names(every))
+    stats["samples"] = len(every)
+    stats["mean_history_length"] = round(sum(len(r.history) for r in every) / len(every), 4)
+    stats["splits"] = {
+        split: {
+            "users": count_sequences(records[split]),
+            "samples": len(records[split]),
+            "items": len(names(records[split])),
+            "mean_history_length": round(sum(len(r.history) for r in records[split]) / len(records[split]), 4),
+        }
+        for split in SPLITS
+    }
+    stats["users"] = sum(split["users"] for split in stats["splits"].values())
+    stats["users_note"] = "estimated: chains of sliding-window records (the files hold no user ids)"
+    stats["files_sha256"] = sha256
+    return stats
+
+
+def prepare_release(raw_dir: str | os.PathLike[str] | None, out_dir: Path) -> dict[str, Any]:
+    """Copy the original release's LastFM split files (validated, unchanged) into ``out_dir`` as
+    ``{train,val,test}.json`` with a ``stats.json`` recording their sha256 and counts."""
+    paths = fetch_release(raw_dir)
+    records = {split: _load_records(path) for split, path in paths.items()}
+    contents = {split: path.read_bytes() for split, path in paths.items()}
+    sha256 = {SDPO_RELEASE_FILES[split]: hashlib.sha256(content).hexdigest() for split, content in contents.items()}
+    stats = release_stats(records, sha256)
+    files = {f"{split}.json": content for split, content in contents.items()}
+    files["stats.json"] = (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    write_outputs(files, out_dir)
+    return stats
+
+
+# ---------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------
 
@@ -1030,9 +1146,13 @@ def prepare(
     :class:`DataPreparationError` (nothing written) on any input problem.
     """
     _check_arguments(dataset, seed, genre)
+    target = Path(out_dir) if out_dir is not None else REPO_ROOT / "data" / dataset
+    if dataset == "lastfm-sdpo":
+        stats = prepare_release(raw_dir, target)
+        LOGGER.info("wrote %s", target)
+        return stats
     source = open_source(dataset, raw_dir, genre)
     prepared = build(dataset, source, seed, genre, max_users, max_items)
-    target = Path(out_dir) if out_dir is not None else REPO_ROOT / "data" / dataset
     write_outputs(prepared.files, target)
     LOGGER.info("wrote %s", target)
     return prepared.stats
@@ -1040,10 +1160,11 @@ def prepare(
 
 def format_stats(stats: dict[str, Any]) -> str:
     """A small human-readable table of the statistics."""
+    users = f"{stats['users']} users" if "interactions" in stats else f"about {stats['users']} users (estimated)"
+    interactions = f"{stats['interactions']} interactions, " if "interactions" in stats else ""
     lines = [
-        f"{stats['dataset']} ({stats['domain']}): {stats['users']} users, {stats['items']} items, "
-        f"{stats['interactions']} interactions, {stats['samples']} samples, "
-        f"mean history length {stats['mean_history_length']}",
+        f"{stats['dataset']} ({stats['domain']}): {users}, {stats['items']} items, {interactions}"
+        f"{stats['samples']} samples, mean history length {stats['mean_history_length']}",
         f"{'split':<6} {'users':>7} {'samples':>8} {'mean history':>13}",
     ]
     for split in SPLITS:

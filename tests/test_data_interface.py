@@ -65,6 +65,52 @@ def test_templates_split_strip_comments_and_need_both_placeholders(tmp_path):
         di.load_templates(bad)
 
 
+ORIGINAL_STYLE = (
+    "This person has listened to [HistoryHere] recently. Choose the answer from: [CansHere]. Answer: \n"
+    "Given [HistoryHere], which of [CansHere] comes next? Answer:\n"
+)
+
+
+def test_original_prompt_files_read_one_template_per_line_with_plain_joined_items(tmp_path):
+    path = write(tmp_path, ORIGINAL_STYLE + "\n", "original.txt")
+    templates = di.load_templates(path)
+    assert list(templates) == [line.strip() for line in ORIGINAL_STYLE.splitlines()]
+    assert templates.quote_items is False
+    rec = di.Record(("Muse", "AC/DC, Live"), ("Muse", "Blur", "Oasis"), "Blur")
+    prompts = {di.build_prompt(rec, templates, seed) for seed in range(20)}
+    assert prompts == {
+        "This person has listened to Muse, AC/DC, Live recently. Choose the answer from: Muse, Blur, Oasis. Answer:",
+        "Given Muse, AC/DC, Live, which of Muse, Blur, Oasis comes next? Answer:",
+    }
+    ours = di.load_templates(di.PROMPT_ROOT / "music.txt")
+    assert ours.quote_items is True and '"Muse", "Blur", "Oasis"' in di.build_prompt(rec, ours)
+
+
+def test_prompt_format_detection_on_generated_files(tmp_path):
+    """Property: k >= 2 one-line templates, whatever blank lines surround them, are read in the original
+    format; the same templates joined by '---' lines, or a single one-line template, in this project's;
+    both give the same templates."""
+    import random
+
+    rng = random.Random(0)
+    words = ["Answer:", "next", "artist", "from", "the", "options", "-", ",", "?", "#"]
+    for trial in range(200):
+        k = rng.randint(1, 5)
+        templates = []
+        for _ in range(k):
+            parts = [rng.choice(words) for _ in range(rng.randint(0, 6))] + [di.HISTORY_PLACEHOLDER, di.CANDIDATES_PLACEHOLDER]
+            rng.shuffle(parts)
+            templates.append(("Q " if parts[0] == "#" else "") + " ".join(parts))  # '#' lines are our comments
+        blank = lambda: "\n" * rng.randint(0, 2)
+        one_per_line = blank() + "".join(t + "\n" + blank() for t in templates)
+        separated = "\n---\n".join(templates) + "\n"
+        read_original = di.load_templates(write(tmp_path, one_per_line, f"o{trial}.txt"))
+        read_ours = di.load_templates(write(tmp_path, separated, f"s{trial}.txt"))
+        assert list(read_original) == templates and list(read_ours) == templates
+        assert read_original.quote_items is (k == 1)
+        assert read_ours.quote_items is True
+
+
 def test_every_shipped_template_ends_with_the_answer_cue():
     for domain in ("music", "movies", "books"):
         templates = di.load_templates(di.PROMPT_ROOT / f"{domain}.txt")
@@ -145,11 +191,35 @@ def test_prediction_of_hand_written_generations(output, expected):
 def test_a_name_inside_a_longer_candidate_name_counts_once():
     assert di.prediction_of("Muse Revival", ["Muse", "Muse Revival", "Other"]) == "Muse Revival"
     assert di.prediction_of("Muse", ["Muse", "Muse Revival"]) == "Muse"
+    assert di.candidates_in_output("I pick Muse Revival.", ["Muse", "Muse Revival"]) == ["Muse Revival"]
+
+
+def test_a_shorter_name_mentioned_on_its_own_elsewhere_still_counts():
+    names = ["Muse", "Muse Revival", "Other"]
+    assert di.candidates_in_output("Muse Revival, or maybe Muse", names) == ["Muse", "Muse Revival"]
+    assert di.candidates_in_output("Muse, then Muse Revival", names) == ["Muse", "Muse Revival"]
+    assert di.prediction_of("Muse Revival or Muse", names) is None  # two items named: invalid
+    # Overlapping longer names: each covers its own occurrence of the shorter one.
+    assert di.candidates_in_output("A B C", ["A B", "B C", "B"]) == ["A B", "B C"]
 
 
 def test_metrics_divide_by_all_prompts():
     metrics = di.recommendation_metrics(["a", None, "c", "x"], ["a", "b", "d", "x"])
     assert metrics == {"hr@1": 0.5, "valid_ratio": 0.75, "n": 4}
+
+
+def test_the_original_counting_rule_disagrees_only_on_names_inside_longer_names():
+    names = ("Muse", "Muse Revival", "Other")
+    records = [di.Record(("h",), names, "Muse Revival"), di.Record(("h",), names, "Muse"),
+               di.Record(("h",), names, "Other"), di.Record(("h",), names, "Other")]
+    outputs = ["Muse Revival", "Muse", "Other", "Muse and Other"]
+    ours = di.recommendation_metrics([di.prediction_of(o, r.candidates) for o, r in zip(outputs, records)],
+                                     [r.target for r in records])
+    original = di.original_rule_metrics(outputs, records)
+    # Ours: "Muse Revival" names one item (a hit); the original sees two names in it (invalid).
+    assert ours == {"hr@1": 0.75, "valid_ratio": 0.75, "n": 4}
+    assert original == {"hr@1_original": 0.5, "valid_ratio_original": 0.5}
+    assert di.original_rule_metrics([], []) == {"hr@1_original": 0.0, "valid_ratio_original": 0.0}
 
 
 def test_popularity_and_random_reference_points(tmp_path):

@@ -50,6 +50,7 @@ def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
         assert info["seconds"] > 0
         metrics = json.loads((launched_run / "eval" / method / "metrics.json").read_text())
         assert metrics["n"] == 12 and 0 <= metrics["hr@1"] <= metrics["valid_ratio"] <= 1
+        assert 0 <= metrics["hr@1_original"] <= metrics["valid_ratio_original"] <= 1
         lines = (launched_run / "eval" / method / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 12 and {"output", "prediction", "target", "valid", "hit"} <= set(json.loads(lines[0]))
     base = json.loads((launched_run / "eval" / "base" / "metrics.json").read_text())  # the untrained model
@@ -213,14 +214,6 @@ def test_dpo_is_the_one_negative_case():
 
     with pytest.raises(runtime.UsageError, match="pairwise baseline"):
         dpo.train(neg_num=3)
-
-
-def test_four_bit_nf4_is_chosen_on_cuda_only():
-    config = models.quantization_config_for("cuda")
-    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert models.quantization_config_for("cpu") is None
-    assert models.quantization_config_for("cuda", load_in_4bit=False) is None
 
 
 def test_sft_resumes_a_killed_run_to_the_same_adapter(synthetic_dir, tmp_path):

@@ -620,3 +620,85 @@ def test_cli(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     assert bad.stdout == ""
+
+
+# ---------------------------------------------------------------------------
+# The original release's LastFM split (--dataset lastfm-sdpo)
+# ---------------------------------------------------------------------------
+
+SDPO_SAMPLE = SHARED / "data" / "sdpo-sample" / "lastfm-val.json"
+
+
+def _release_files(folder: Path) -> dict[str, bytes]:
+    """Three split files in the release's format: slices of its real val file when ../shared has it."""
+    if SDPO_SAMPLE.exists():
+        records = json.loads(SDPO_SAMPLE.read_text(encoding="utf-8"))
+    else:
+        names = [f"Band {i}" for i in range(40)]
+        records = [{"historyList": "::".join(names[i:i + 4]), "itemList": names[i + 4:i + 24],
+                    "trueSelection": names[i + 4]} for i in range(16)]
+    parts = {"train": records[:300], "val": records[300:400], "test": records[400:500]}
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {}
+    for split, part in parts.items():
+        contents[split] = json.dumps(part, indent=1).encode("utf-8")
+        (folder / f"lastfm-{split}.json").write_bytes(contents[split])
+    return contents
+
+
+def test_release_split_downloads_validates_and_records_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import data_interface as di
+
+    contents = _release_files(tmp_path / "www")
+    with serve(tmp_path / "www") as base:
+        monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
+        stats = prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+    for split, content in contents.items():
+        assert (tmp_path / "out" / f"{split}.json").read_bytes() == content  # used as published
+        assert stats["files_sha256"][f"lastfm-{split}.json"] == hashlib.sha256(content).hexdigest()
+        assert stats["splits"][split]["samples"] == len(json.loads(content))
+    assert stats["domain"] == "music" and stats["dataset"] == "lastfm-sdpo"
+    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+    # The stage scripts read the folder as a dataset, with the music templates.
+    files = di.resolve_data_files(str(tmp_path / "out"))
+    assert files.domain == "music" and len(di.load_records(files.test)) == stats["splits"]["test"]["samples"]
+    # Cached: a second run needs no server; a --raw_dir holding the three files gives the same output.
+    assert prep.prepare("lastfm-sdpo", out_dir=tmp_path / "again") == stats
+    assert prep.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "local") == stats
+
+
+def test_release_split_counts_users_of_sliding_windows() -> None:
+    import data_interface as di
+
+    def rec(history: str, target: str) -> di.Record:
+        return di.Record(tuple(history), ("x", "y", target), target)
+
+    # user 1: abc->d, abcd->e; user 2: pqr->s; user 3 starts with a history that does not continue s.
+    records = [rec("abc", "d"), rec("abcd", "e"), rec("pqr", "s"), rec("zzz", "q")]
+    assert prep.count_sequences(records) == 3
+    full = [rec("abcdefghij", "k"), rec("bcdefghijk", "l")]  # a 10-item window slides by one
+    assert prep.count_sequences(full) == 1
+
+
+def test_release_split_offline_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(Error) as info:  # SDPO_DOWNLOAD_BASE is the discard port: nobody answers
+        prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and "lastfm-train.json, lastfm-val.json, lastfm-test.json" in message
+    assert "--raw_dir" in message and "sample_data/lastfm-sft-cans20" in message
+    _release_files(tmp_path / "www")
+    bad = json.loads((tmp_path / "www" / "lastfm-val.json").read_text())
+    bad[3]["trueSelection"] = "Nobody"
+    (tmp_path / "www" / "lastfm-val.json").write_text(json.dumps(bad))
+    with serve(tmp_path / "www") as base:
+        monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
+        with pytest.raises(Error, match=r"/lastfm-val.json: record 3: field 'trueSelection' 'Nobody'") as info:
+            prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+    assert str(info.value).startswith("http://127.0.0.1:")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "cache" / "raw" / "lastfm-sdpo").iterdir()) == ["lastfm-train.json"]
+    (tmp_path / "www" / "lastfm-test.json").unlink()
+    with pytest.raises(Error, match="lastfm-test.json: file missing; to work offline put"):
+        prep.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "out")

@@ -48,3 +48,27 @@ def test_a_run_with_max_steps_tokenizes_only_the_records_its_steps_consume(monke
     assert len(runtime.records_for_steps(records, 10, 8, 2, seed=0)) == 640
     assert runtime.records_for_steps(records, -1, 8, 2, seed=0) == records  # epochs: everything
     assert runtime.records_for_steps(records[:50], 10, 8, 2, seed=0) == records[:50]  # fewer than needed
+
+
+@pytest.mark.parametrize("value, expected", [(40, 40), (40.0, 40), (0.2, 0.2), (0.1, 0.1)])
+def test_eval_step_is_whole_steps_or_a_fraction_of_the_run(value, expected):
+    checked = runtime.check_eval_step(value)
+    assert checked == expected and type(checked) is type(expected)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "0.2", True])
+def test_bad_eval_step_is_one_line(value):
+    with pytest.raises(runtime.UsageError, match="--eval_step must be"):
+        runtime.check_eval_step(value)
+
+
+def test_a_fractional_eval_step_evaluates_and_saves_at_that_fraction_of_the_run(synthetic_dir, tmp_path):
+    import json
+
+    import sft
+
+    sft.train(model_name="tiny", dataset=str(synthetic_dir), output_dir=str(tmp_path), batch_size=2, max_steps=4,
+              eval_step=0.5, max_eval_samples=4)
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [2, 4]
+    assert (tmp_path / "checkpoint-2").exists()
