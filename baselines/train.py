@@ -124,7 +124,7 @@ def train_model(name: str, model: torch.nn.Module, train: EncodedSplit, val: Enc
     return {"epochs": epoch, "best_epoch": best_epoch, "val_hr@1": best_hr}
 
 
-def rank_metrics(ranks: Sequence[int]) -> dict:
+def metrics_from_ranks(ranks: Sequence[int]) -> dict:
     """The shape of inference.py's metrics (`hr@1`, `valid_ratio`, `n`) plus the ranking metrics."""
     metrics = di.ranking_metrics(ranks)
     return {"hr@1": metrics["rank_hr@1"], "valid_ratio": 1.0, **metrics}
@@ -155,7 +155,7 @@ def reference_outputs(name: str, train: Sequence[di.Record], test: Sequence[di.R
         return di.random_choice_metrics(test), None
     scores = di.popularity_scores(train, test)
     ranks = target_ranks(scores, test)
-    return rank_metrics(ranks), prediction_rows(scores, test, ranks)
+    return metrics_from_ranks(ranks), prediction_rows(scores, test, ranks)
 
 
 def parse_models(model: str) -> list[str]:
@@ -239,7 +239,7 @@ def run(
             train_seconds = time.time() - start
             scores = candidate_scores(net, splits["test"])
             ranks = target_ranks(scores, test)
-            metrics, rows = rank_metrics(ranks), prediction_rows(scores, test, ranks)
+            metrics, rows = metrics_from_ranks(ranks), prediction_rows(scores, test, ranks)
             metrics.update(fit, train_seconds=round(train_seconds, 2), seed=seed)
         metrics["seconds"] = round(time.time() - start, 2)
         save_outputs(output / name, metrics, rows)

@@ -36,7 +36,7 @@ def test_models_beat_popularity_and_stay_below_the_oracle(synthetic_results, nam
     assert results[name]["hr@1"] < stats["best_hr@1"]["test"], results
 
 
-def test_metrics_have_the_evaluation_shape(synthetic_results, tmp_path: Path) -> None:
+def test_metrics_have_the_evaluation_shape(synthetic_results) -> None:
     results, _ = synthetic_results
     ranking_keys = set(di.ranking_metrics([1, 2]))
     for name in NEURAL:
