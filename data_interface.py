@@ -538,3 +538,14 @@ def random_choice_metrics(records: Sequence[Record]) -> dict:
             metrics[key] = sum(values[key] for values in per_record) / n
     metrics["n"] = n
     return metrics
+
+
+def reference_metrics(train_records: Sequence[Record], records: Sequence[Record]) -> dict[str, dict]:
+    """The two reference rows of every results table, on the given evaluation records: `random` (exact
+    expectation) and `popularity` (candidates ranked by how often each is a true next item in training)."""
+    popularity = recommendation_metrics(popularity_predictions(train_records, records),
+                                        [record.target for record in records])
+    scores = popularity_scores(train_records, records)
+    popularity.update(ranking_metrics([rank_of_target(values, record.candidates, record.target)
+                                       for values, record in zip(scores, records)]))
+    return {"random": random_choice_metrics(records), "popularity": popularity}

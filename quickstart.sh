@@ -10,21 +10,12 @@ export OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 export MAX_SAMPLES=${MAX_SAMPLES:-64}    # test prompts evaluated per method (keeps the run within 15 minutes)
 start=$(date +%s)
 
-if [ "$DATASET" != synthetic ] && [ ! -f "data/$DATASET/train.json" ]; then
-    # A raw archive beside the checkout (../shared/data/raw/<name>) is used when there is one;
-    # otherwise prepare.py reads $SDPO_RAW_DIR or downloads the official archive.
-    declare -A RAW_NAME=([lastfm]=lastfm-2k [movielens]=ml-100k [goodreads]=goodreads)
-    local_raw="../shared/data/raw/${RAW_NAME[$DATASET]:-$DATASET}"
-    if [ -z "${SDPO_RAW_DIR:-}" ] && [ -d "$local_raw" ]; then
-        python data/prepare.py --dataset "$DATASET" --raw_dir "$local_raw"
-    else
-        python data/prepare.py --dataset "$DATASET"
-    fi
-fi
+source common.sh
+ensure_dataset "$DATASET"
 
 bash sft.sh --overwrite_output_dir
 bash dpo.sh --overwrite_output_dir
 bash softmax_dpo.sh --overwrite_output_dir
 bash inference.sh --overwrite_output_dir
-python results.py --output_root "$OUTPUT_ROOT" --dataset "$DATASET" --max_samples "$MAX_SAMPLES"
+python results.py --output_root "$OUTPUT_ROOT" --dataset "$DATASET" --max_samples "$MAX_SAMPLES" --seed "${SEED:-0}"
 echo "quick start finished in $(( $(date +%s) - start )) s"

@@ -79,7 +79,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
             preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=1e-4, eval_step=150,
                             max_eval_samples=256),
             negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
-            eval=dict(generation=False, batch_size=64),  # the whole test split
+            eval=dict(max_samples=5000, generation=False, batch_size=64),
         ),
         ModelPlan(
             model_name="smollm2-135m", tag="smollm2-135m",
@@ -95,9 +95,9 @@ PROFILES: dict[str, list[ModelPlan]] = {
         ModelPlan(
             model_name="meta-llama/Llama-2-7b-hf", tag="llama-2-7b",
             sft=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=5,
-                     max_steps=-1, eval_step=40, max_eval_samples=200),
+                     max_steps=-1, eval_step=0.2, max_eval_samples=2000),
             preference=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=3,
-                            max_steps=-1, eval_step=40, max_eval_samples=200),
+                            max_steps=-1, eval_step=0.1, max_eval_samples=2000),
             preference_seeds=(0,), negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
             eval=dict(batch_size=32),
             launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"),
@@ -111,7 +111,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
                      max_eval_samples=8),
             preference=dict(full_finetune=True, batch_size=4, max_steps=2, learning_rate=1e-4, eval_step=2,
                             max_eval_samples=8),
-            preference_seeds=(0, 1), negatives=(1, 3, 7), betas=(1.0, 2.0),
+            preference_seeds=(0,), negatives=(1, 3), betas=(1.0, 2.0),
             eval=dict(max_samples=24, batch_size=8),
         ),
     ],
@@ -274,10 +274,6 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     """Every finished cell's numbers, plus the reference rows on the same evaluation prompts."""
     data = runtime.load_stage_data(("train", "test"), dataset)
     test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
-    popular = di.popularity_predictions(data.train, test)
-    popularity = di.recommendation_metrics(popular, [r.target for r in test])
-    scores = di.popularity_scores(data.train, test)
-    popularity.update(di.ranking_metrics([di.rank_of_target(s, r.candidates, r.target) for s, r in zip(scores, test)]))
     runs: dict[str, dict] = {}
     for cell in cells:
         record = _read(root / "cells" / f"{cell.name}.json")
@@ -294,7 +290,7 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
             entry["train_command"] = record["command"]
             entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
         entry["git_commit"] = record["git_commit"]
-    references = {"random": di.random_choice_metrics(test), "popularity": popularity}
+    references = di.reference_metrics(data.train, test)
     return {"model": plan.model_name, "dataset": dataset, "eval_records": len(test), "eval_seed": plan.eval_seed,
             "references": references, "runs": runs}
 

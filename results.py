@@ -2,10 +2,13 @@
 
     python results.py --output_root outputs/quickstart --dataset lastfm --max_samples 500
 
-Reads `OUTPUT_ROOT/eval/<method>/metrics.json` (written by inference.py) and the stages'
-`run_info.json` (training wall time), adds `random` (a uniformly random candidate, exact expectation)
-and `popularity` (the candidate most often the true item in the training split), prints a table and
-writes `OUTPUT_ROOT/results.json` as {"sft": {"hr@1", "valid_ratio", "n", "seconds"}, ...}.
+Reads `OUTPUT_ROOT/eval/<method>/metrics.json` (written by inference.py, or by `python -m baselines`)
+and the stages' `run_info.json` (training wall time), adds `random` (a uniformly random candidate, exact
+expectation) and `popularity` (candidates ordered by how often each is the true item in the training
+split) on the same seeded sample of test prompts, prints a table and writes `OUTPUT_ROOT/results.json`
+as {"sft": {"hr@1", "valid_ratio", "rank_hr@1", "rank_ndcg@5", "n", "seconds"}, ...}. HR@1 and
+ValidRatio come from generation (the paper's metric); rankHR@1 / rankNDCG@5 from ranking the 20
+candidates by log-probability (see inference.py).
 """
 
 from __future__ import annotations
@@ -19,27 +22,43 @@ import runtime
 METHODS = ("base", "sft", "dpo", "sdpo")  # base: the model with no training (zero-shot)
 
 
+# (metrics.json key, header, width): generation columns (the paper's metric), then ranking columns.
+COLUMNS = (("hr@1", "HR@1", 8), ("valid_ratio", "ValidRatio", 12), ("rank_hr@1", "rankHR@1", 10),
+           ("rank_ndcg@5", "rankNDCG@5", 12))
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def evaluated_methods(root: Path) -> list[str]:
+    """The folders under `root/eval` with a metrics.json: the stages in pipeline order, then any other
+    (e.g. conventional recommenders written there by `python -m baselines --output_dir ROOT/eval`)."""
+    found = sorted(path.parent.name for path in (root / "eval").glob("*/metrics.json"))
+    return [m for m in METHODS if m in found] + [m for m in found if m not in METHODS]
+
+
 def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", train_file: str | None = None,
-            test_file: str | None = None, max_samples: int | None = None) -> dict:
-    """Build, print and save the results table; returns it."""
+            test_file: str | None = None, max_samples: int | None = None, seed: int = 0) -> dict:
+    """Build, print and save the results table; returns it.
+
+    `max_samples` and `seed` must be those of the evaluations (inference.py's): the reference rows are
+    computed on the same seeded random sample of test prompts.
+    """
     root = Path(output_root)
     data = runtime.load_stage_data(("train", "test"), dataset, train_file, None, test_file)
-    test = data.test[:max_samples] if max_samples else data.test
+    test = di.sample_records(data.test, max_samples, seed)
     results: dict[str, dict] = {}
-    for method in METHODS:
+    for method in evaluated_methods(root):
         metrics = _read_json(root / "eval" / method / "metrics.json")
-        if not metrics:
-            continue
+        if metrics.get("n") != len(test):
+            raise runtime.UsageError(f"{root / 'eval' / method / 'metrics.json'}: evaluated on {metrics.get('n')} "
+                                     f"prompts, but --max_samples gives {len(test)}: pass the evaluation's value")
         train_seconds = _read_json(root / method / "run_info.json").get("seconds", 0.0)
-        results[method] = {key: metrics[key] for key in ("hr@1", "valid_ratio", "n")}
+        results[method] = {key: metrics[key] for key, _, _ in COLUMNS if key in metrics}
+        results[method]["n"] = metrics["n"]
         results[method]["seconds"] = round(train_seconds + metrics.get("seconds", 0.0), 1)
-    results["random"] = di.random_choice_metrics(test)
-    popular = di.popularity_predictions(data.train, test)
-    results["popularity"] = di.recommendation_metrics(popular, [record.target for record in test])
+    results.update(di.reference_metrics(data.train, test))
     runtime.save_json(root / "results.json", results)
     print(format_table(results))
     print(f"written to {root / 'results.json'}")
@@ -47,10 +66,13 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'method':<12}{'HR@1':>8}{'ValidRatio':>12}{'n':>7}{'wall time':>12}"]
+    """Generation columns (HR@1, ValidRatio) and ranking columns (rankHR@1, rankNDCG@5); '-' = not run."""
+    lines = [f"{'method':<12}" + "".join(f"{header:>{width}}" for _, header, width in COLUMNS)
+             + f"{'n':>7}{'wall time':>12}"]
     for method, row in results.items():
+        values = "".join(f"{row[key]:>{width}.4f}" if key in row else f"{'-':>{width}}" for key, _, width in COLUMNS)
         seconds = f"{row['seconds']:.0f} s" if "seconds" in row else "-"
-        lines.append(f"{method:<12}{row['hr@1']:>8.4f}{row['valid_ratio']:>12.4f}{row['n']:>7}{seconds:>12}")
+        lines.append(f"{method:<12}{values}{row['n']:>7}{seconds:>12}")
     return "\n".join(lines)
 
 

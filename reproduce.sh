@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The paper's experiments as one resumable matrix (the matrix itself is in reproduce.py):
+#   bash reproduce.sh                                   # profile cpu on LastFM: about 2 hours on 2 cores
+#   PROFILE=paper bash reproduce.sh                     # Llama-2-7B, 4-bit + LoRA, 4 GPUs (torchrun)
+#   PROFILE=paper bash reproduce.sh --dry_run           # print the paper's commands, run nothing
+#   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far
+# A rerun skips finished cells; a killed run loses at most the cell in progress. Results (tables, figures,
+# results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
+DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads | synthetic | a prepared folder
+MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m)
+source common.sh
+ensure_dataset "$DATASET"
+"$PYTHON" reproduce.py --profile "$PROFILE" --dataset "$DATASET" ${MODELS:+--models "$MODELS"} "$@"
