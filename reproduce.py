@@ -291,7 +291,7 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
             entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
         entry["git_commit"] = record["git_commit"]
     references = di.reference_metrics(data.train, test)
-    return {"model": plan.model_name, "dataset": dataset, "eval_records": len(test), "eval_seed": plan.eval_seed,
+    return {"model": plan.model_name, "dataset": Path(dataset).name, "eval_records": len(test), "eval_seed": plan.eval_seed,
             "references": references, "runs": runs}
 
 
@@ -433,6 +433,7 @@ def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
 def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results_dir: Path, profile: str) -> Path:
     """Write table.md, table.csv, results.json and the figures of one model plan; returns the folder."""
     collected = collect(plan, cells, root, dataset)
+    dataset = collected["dataset"]
     folder = results_dir / dataset / plan.tag
     folder.mkdir(parents=True, exist_ok=True)
     rows = table_rows(plan, collected)
@@ -500,7 +501,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         if not report_only:
             runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
             failed += run_cells(cells, root)
-        report(plan, cells, root, dataset_name, Path(results_dir), profile)
+        report(plan, cells, root, dataset, Path(results_dir), profile)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
     if failed:

@@ -58,6 +58,9 @@ def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
     results = json.loads((launched_run / "results.json").read_text())
     assert set(results) == {"base", "sft", "dpo", "sdpo", "random", "popularity"}
     assert results["random"]["hr@1"] == pytest.approx(0.05)
+    assert results["random"]["rank_hr@1"] == pytest.approx(0.05)
+    for method in ("base", "sft", "dpo", "sdpo", "popularity"):  # generation and ranking columns in every row
+        assert {"hr@1", "valid_ratio", "rank_hr@1", "rank_ndcg@5"} <= set(results[method])
     assert all(results[m]["n"] == 12 for m in results)
 
 

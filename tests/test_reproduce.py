@@ -1,0 +1,156 @@
+"""The results matrix (reproduce.py): a smoke run end to end, resuming after kill -9, the paper's commands."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dpo
+import inference
+import reproduce
+import runtime
+import sft
+import softmax_dpo
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_FUNCTIONS = {"sft.py": sft.train, "dpo.py": dpo.train, "softmax_dpo.py": softmax_dpo.train,
+                   "inference.py": inference.evaluate}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(synthetic_dir, tmp_path_factory):
+    """`reproduce.py --profile smoke` on the synthetic data, in a subprocess as a user runs it."""
+    root = tmp_path_factory.mktemp("reproduce")
+    command = [sys.executable, "reproduce.py", "--profile", "smoke", "--dataset", str(synthetic_dir),
+               "--output_root", str(root / "outputs"), "--results_dir", str(root / "results")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, command, result.stdout
+
+
+def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic_dir):
+    root, _, stdout = smoke_run
+    folder = root / "results" / synthetic_dir.name / "tiny"
+    table = (folder / "table.md").read_text()
+    for row in ("| random |", "| popularity |", "| base (untrained) |", "| SFT |", "| DPO |", "| S-DPO (N=3) |"):
+        assert row in table and row in stdout
+    assert "Cells finished: 9 of 9" in table
+    assert {"hr1_vs_negatives.png", "hr1_vs_beta.png", "training_curves.png"} <= {p.name for p in folder.glob("*.png")}
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["eval_records"] == 24 and results["cells_missing"] == []
+    sdpo = results["runs"]["sdpo-n3-b1-s0"]
+    assert sdpo["info"] == {"method": "sdpo", "seed": 0, "negatives": 3, "beta": 1.0}
+    assert sdpo["config"]["neg_num"] == 3 and sdpo["config"]["beta"] == 1.0  # what the stage itself recorded
+    assert sdpo["metrics"]["n"] == 24 and 0 <= sdpo["metrics"]["rank_hr@1"] <= 1
+    assert sdpo["train_seconds"] > 0 and len(sdpo["git_commit"]) >= 7
+    assert any("rewards/margins" in entry for entry in sdpo["log_history"])
+    # Every row is evaluated on the same prompts: the reference rows' sample.
+    csv_lines = (folder / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 6
+    assert all(line.split(",")[2] == "24" for line in csv_lines[1:])
+
+
+def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
+    root, command, _ = smoke_run
+    cells = root / "outputs" / "smoke"
+    records = next(cells.glob("*/tiny/cells"))
+    before = {path.name: path.stat().st_mtime_ns for path in records.glob("*.json")}
+    (records / "eval-dpo-n1-b1-s0.json").unlink()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = {path.name: path.stat().st_mtime_ns for path in records.glob("*.json")}
+    assert set(after) == set(before)
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert changed == {"eval-dpo-n1-b1-s0.json"}
+    assert "[5/9] eval-dpo-n1-b1-s0" in result.stderr and "[1/9]" not in result.stderr
+
+
+def _sleep_cells(root: Path, count: int) -> list[reproduce.Cell]:
+    """Cells whose command appends its name to a file, then sleeps: cheap stand-ins for stage runs."""
+    script = ("import sys, time; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); time.sleep(float(sys.argv[3]))")
+    return [reproduce.Cell(f"c{i}", "sft", [sys.executable, "-c", script, str(root / "started.txt"), f"c{i}", "1.5"],
+                           root / f"c{i}") for i in range(count)]
+
+
+def test_kill_9_loses_only_the_cell_in_progress_and_kills_its_child(tmp_path):
+    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+               f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
+               "sys.exit(len(reproduce.run_cells(t._sleep_cells(root, 4), root)))")
+    process = subprocess.Popen([sys.executable, "-c", harness], cwd=REPO)
+    records = tmp_path / "cells"
+    deadline = time.time() + 120
+    while not (records / "c1.json").exists():  # wait until two cells are done and the third has started
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.1)
+    while len((tmp_path / "started.txt").read_text().split()) < 3:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2.5)  # long enough for an orphaned c2 to have finished and written a record
+    assert sorted(path.name for path in records.glob("*.json")) == ["c0.json", "c1.json"]
+    assert not list(records.glob("*.tmp"))
+    # The rerun runs c2 (again) and c3, and nothing that had finished.
+    assert reproduce.run_cells(_sleep_cells(tmp_path, 4), tmp_path) == []
+    assert (tmp_path / "started.txt").read_text().split() == ["c0", "c1", "c2", "c2", "c3"]
+
+
+def test_a_failing_cell_skips_its_dependants_and_the_rest_goes_on(tmp_path):
+    fail = reproduce.Cell("bad", "sft", [sys.executable, "-c", "raise SystemExit('boom: bad flag')"], tmp_path / "bad")
+    child = reproduce.Cell("child", "eval", [sys.executable, "-c", "pass"], tmp_path / "child", needs=("bad",))
+    other = reproduce.Cell("other", "eval", [sys.executable, "-c", "pass"], tmp_path / "other")
+    assert reproduce.run_cells([fail, child, other], tmp_path) == ["bad", "child"]
+    assert (tmp_path / "cells" / "other.json").exists() and not (tmp_path / "cells" / "bad.json").exists()
+    assert "boom: bad flag" in (tmp_path / "logs" / "bad.log").read_text()
+
+
+def _flag_names(command: list[str]) -> set[str]:
+    return {arg[2:].split("=")[0] for arg in command if arg.startswith("--")}
+
+
+@pytest.mark.parametrize("profile", ["paper", "cpu"])
+def test_every_command_of_a_profile_names_only_flags_its_stage_has(profile, tmp_path):
+    for plan in reproduce.PROFILES[profile]:
+        cells = reproduce.plan_cells(plan, "lastfm", tmp_path)
+        for cell in cells:
+            script = next(arg for arg in cell.command if arg.endswith(".py"))
+            parameters = set(inspect.signature(STAGE_FUNCTIONS[script]).parameters)
+            launcher_flags = set()
+            if plan.launcher and script != "inference.py":
+                launcher_flags = _flag_names(list(plan.launcher))
+            assert _flag_names(cell.command[cell.command.index(script):]) <= parameters, (cell.name, script)
+            assert _flag_names(cell.command) - launcher_flags <= parameters
+            for need in cell.needs:  # dependencies come earlier in the run order
+                assert need in [c.name for c in cells[:cells.index(cell)]]
+
+
+def test_paper_profile_is_the_papers_setting_on_four_gpus(tmp_path, capsys):
+    reproduce.reproduce(profile="paper", dataset="lastfm", output_root=str(tmp_path), dry_run=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    sft_line = next(line for line in lines if " sft.py " in line)
+    assert "-m torch.distributed.run --standalone --nproc_per_node 4 sft.py" in sft_line
+    for flag in ("--batch_size=4", "--gradient_accumulation_steps=8", "--learning_rate=1e-05", "--num_train_epochs=5",
+                 "--model_name meta-llama/Llama-2-7b-hf"):
+        assert flag in sft_line
+    sdpo = [line for line in lines if " softmax_dpo.py " in line]
+    assert {line.split("--neg_num=")[1].split()[0] for line in sdpo} == {"3", "7", "15"}
+    assert all("--num_train_epochs=3" in line and "--resume_from_checkpoint" in line for line in sdpo)
+    assert any(" dpo.py " in line for line in lines) and sum(" inference.py " in line for line in lines) == 1 + len(
+        [line for line in lines if ".py --model_name" in line])
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_unknown_profile_or_model_is_one_line(tmp_path):
+    with pytest.raises(runtime.UsageError, match="unknown profile 'gpu'"):
+        reproduce.reproduce(profile="gpu", output_root=str(tmp_path))
+    with pytest.raises(runtime.UsageError, match="profile cpu has no model llama"):
+        reproduce.reproduce(profile="cpu", models="llama", output_root=str(tmp_path))
