@@ -149,6 +149,8 @@ class CharTokenizer:
     bos_token_id, eos_token_id = 1, 2
 
     def __call__(self, text, add_special_tokens=True):
+        if isinstance(text, list):  # a batch, as Hugging Face tokenizers take it
+            return {"input_ids": [self(one, add_special_tokens)["input_ids"] for one in text]}
         ids = [ord(ch) + 10 for ch in text]
         return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
 
