@@ -23,6 +23,7 @@ MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 2000 (seeded random sample 
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
+RESUME_TRAINING=${RESUME_TRAINING:-False}          # True: continue a killed run from the latest checkpoint in its output dir
 WANDB_PROJECT=${WANDB_PROJECT:-}
 WANDB_NAME=${WANDB_NAME:-dpo}
 # -------------------------------------------------------------------------------------------------
@@ -37,4 +38,4 @@ source "$(dirname "$0")/common.sh"
     --forward "$FORWARD" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" \
     --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
-    --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"
+    --resume_training "$RESUME_TRAINING" --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

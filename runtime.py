@@ -37,9 +37,11 @@ def main(function) -> None:
     import fire
 
     setup_logging()
+    from trainer.non_finite import NonFiniteError
+
     try:
         fire.Fire(function, serialize=lambda result: None)
-    except (di.DataError, UsageError) as error:
+    except (di.DataError, UsageError, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 
@@ -52,7 +54,47 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, finished_marker: s
             f"{output_dir}: holds a finished run ({finished_marker} exists); "
             "pass --overwrite_output_dir to replace it or choose another --output_dir"
         )
+    check_writable(output_dir)
     return output_dir
+
+
+def record_numbers(split: Sequence[di.Record], records: Sequence[di.Record]) -> list[int]:
+    """The position in `split` (the file's record number) of each of `records` (a subset of it)."""
+    first: dict[di.Record, int] = {}
+    for number, record in enumerate(split):
+        first.setdefault(record, number)
+    return [first[record] for record in records]
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail before any training when `output_dir` cannot be created or written (a probe file is created
+    and removed): one line naming the path, instead of a crash at the first checkpoint."""
+    probe = output_dir / ".sdpo-write-probe"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{output_dir}: cannot write to the output folder ({error.strerror or error})") from None
+
+
+def checkpoint_to_continue(output_dir: Path, resume_training: bool | str) -> Path | None:
+    """`--resume_training`: False (start afresh), True (the latest complete `checkpoint-*` in output_dir) or
+    a checkpoint folder. Returns the folder to continue from, or None."""
+    if resume_training is False or resume_training in ("", "False", "false", None):
+        return None
+    if resume_training is True or resume_training in ("True", "true"):
+        checkpoints = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+                       and (p / "trainer_state.json").exists()]
+        if not checkpoints:
+            raise UsageError(f"{output_dir}: --resume_training True but the folder holds no complete checkpoint-* "
+                             "to continue from")
+        return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]))
+    path = Path(str(resume_training))
+    if not (path / "trainer_state.json").exists():
+        raise UsageError(f"{path}: --resume_training needs a checkpoint folder written by a training run "
+                         "(with trainer_state.json)")
+    return path
 
 
 def check_checkpoint(path: str | None, flag: str = "resume_from_checkpoint") -> None:

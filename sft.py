@@ -88,10 +88,18 @@ def train(
                                            num_train_epochs, max_steps, eval_step, seed, wandb_project,
                                            wandb_name, logging_dir, bf16),
     )
-    trainer = SFTTrainer(
-        model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
+    from trainer.non_finite import StopOnNonFinite
+
+    class SFTStageTrainer(StopOnNonFinite, SFTTrainer):
+        """trl's SFTTrainer that stops at the first non-finite loss or gradient."""
+
+    train_dataset = tokenized(train_records)
+    trainer = SFTStageTrainer(
+        model=model, args=config, train_dataset=train_dataset, eval_dataset=tokenized(val_records),
         processing_class=tokenizer,
     )
+    trainer.register_records(train_dataset["input_ids"], runtime.record_numbers(data.train, train_records),
+                             data.files.train)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
     final = output / runtime.FINAL_CHECKPOINT
     trainer.save_model(str(final))

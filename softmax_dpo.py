@@ -11,6 +11,12 @@ second time as an adapter on the same base weights (or, with `--precompute_ref_l
 log-probs are computed once before training and the second adapter is dropped). Each prompt is
 encoded once and its 1 + N completions are scored on top of it (`--forward shared`); the
 straightforward 1 + N full copies remain available as `--forward concat`.
+
+`--resume_from_checkpoint` names the SFT model (as in the original release). A killed preference run
+continues with `--resume_training` (True: the latest `checkpoint-*` in `output_dir`; or a checkpoint
+folder): optimizer, scheduler, RNG states and the data order are restored from it, and the reference
+stays the SFT model (its adapter is loaded again from `--resume_from_checkpoint`, or its log-probs are
+precomputed again from the SFT model before the policy's weights are restored).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ REFERENCE_ADAPTER = "reference"
 def train(
     model_name: str = "tiny",
     resume_from_checkpoint: str | None = None,
+    resume_training: bool | str = False,
     dataset: str = "synthetic",
     train_file: str | None = None,
     val_file: str | None = None,
@@ -71,6 +78,7 @@ def train(
         raise runtime.UsageError(f"{resume_from_checkpoint}: --full_finetune needs a whole-model SFT checkpoint "
                                  "(sft.py --full_finetune), not a LoRA adapter")
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
+    checkpoint_to_continue = runtime.checkpoint_to_continue(output, resume_training)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     di.check_neg_num(data.train, neg_num, data.files.train)
     di.check_neg_num(data.val, neg_num, data.files.val)
@@ -113,11 +121,14 @@ def train(
                                            num_train_epochs, max_steps, eval_step, seed, wandb_project,
                                            wandb_name, logging_dir, bf16),
     )
+    train_dataset = tokenized(train_records)
     trainer = SoftmaxDPOTrainer(
-        model=model, args=config, train_dataset=tokenized(train_records), eval_dataset=tokenized(val_records),
+        model=model, args=config, train_dataset=train_dataset, eval_dataset=tokenized(val_records),
         processing_class=tokenizer,
     )
-    trainer.train()
+    trainer.register_records(train_dataset["prompt_input_ids"], runtime.record_numbers(data.train, train_records),
+                             data.files.train)
+    trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
     final = output / runtime.FINAL_CHECKPOINT
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))

@@ -1,6 +1,7 @@
 """S-DPO training: the softmax-DPO loss, shared-prompt completion log-probs and the trainer."""
 
 from .log_probs import completion_logps, pack_prompt_with_completions
+from .non_finite import NonFiniteError, StopOnNonFinite
 from .softmax_dpo_trainer import (
     SoftmaxDPOCollator,
     SoftmaxDPOConfig,
@@ -9,6 +10,8 @@ from .softmax_dpo_trainer import (
 )
 
 __all__ = [
+    "NonFiniteError",
+    "StopOnNonFinite",
     "SoftmaxDPOCollator",
     "SoftmaxDPOConfig",
     "SoftmaxDPOTrainer",

@@ -49,6 +49,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .log_probs import FORWARD_MODES, completion_logps
+from .non_finite import StopOnNonFinite
 
 try:
     from peft import PeftModel
@@ -225,7 +226,7 @@ class reference_mode:  # noqa: N801 - a context manager, named like contextlib.s
         self.model.train(self._was_training)
 
 
-class SoftmaxDPOTrainer(Trainer):
+class SoftmaxDPOTrainer(StopOnNonFinite, Trainer):
     """Trainer for S-DPO. See the module docstring for the reference-model options.
 
     Args:
@@ -240,6 +241,8 @@ class SoftmaxDPOTrainer(Trainer):
 
     # compute_loss returns a per-batch mean; Trainer divides it by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
+    # A non-finite loss or gradient stops training; the batch's records are named by their prompts.
+    record_ids_key, record_mask_key = "prompt_input_ids", "prompt_attention_mask"
 
     def __init__(
         self,

@@ -1,0 +1,178 @@
+"""Long runs survive faults: preference runs continue from a checkpoint, NaN stops cleanly, an unwritable
+output folder is refused up front, and evaluation is deterministic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data_interface as di
+import inference
+import models
+import runtime
+import sft
+import softmax_dpo
+from trainer import NonFiniteError
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = {"model_name": "tiny", "batch_size": 4, "max_steps": 4, "eval_step": 2, "max_eval_samples": 8}
+
+
+@pytest.fixture(scope="module")
+def sft_final(synthetic_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults_sft")
+    return sft.train(dataset=str(synthetic_dir), output_dir=str(out), learning_rate=3e-3, **COMMON)
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _assert_same_tensors(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert (got[name] - expected[name]).abs().max().item() <= 1e-6, name
+
+
+@pytest.mark.parametrize("precompute", [False, True], ids=["reference-adapter", "precomputed-reference"])
+def test_a_killed_preference_run_continues_to_the_same_adapter(synthetic_dir, sft_final, tmp_path, precompute):
+    run = dict(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final, neg_num=3, learning_rate=1e-3,
+               precompute_ref_log_probs=precompute, **COMMON)
+    whole = tmp_path / "whole"
+    softmax_dpo.train(output_dir=str(whole), **run)
+    # The state a kill -9 after step 2's checkpoint leaves: checkpoint-2 only, no final checkpoint.
+    killed = tmp_path / "killed"
+    shutil.copytree(whole / "checkpoint-2", killed / "checkpoint-2")
+    softmax_dpo.train(output_dir=str(killed), resume_training=True, **run)
+    state = json.loads((killed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # The trained adapter at step 4 (not only the best-by-eval-loss final one) equals the uninterrupted run's.
+    _assert_same_tensors(_tensors(killed / "checkpoint-4"), _tensors(whole / "checkpoint-4"))
+    _assert_same_tensors(_tensors(killed / runtime.FINAL_CHECKPOINT), _tensors(whole / runtime.FINAL_CHECKPOINT))
+    logged = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    expected = [entry for entry in json.loads((whole / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+                if "eval_loss" in entry]
+    assert [entry["eval_loss"] for entry in logged] == pytest.approx([entry["eval_loss"] for entry in expected], abs=1e-6)
+
+
+def test_resume_training_without_a_checkpoint_is_one_line(synthetic_dir, sft_final, tmp_path):
+    with pytest.raises(runtime.UsageError, match="holds no complete checkpoint"):
+        softmax_dpo.train(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final, resume_training=True,
+                          output_dir=str(tmp_path / "empty"), **COMMON)
+    with pytest.raises(runtime.UsageError, match="needs a checkpoint folder"):
+        softmax_dpo.train(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final,
+                          resume_training=str(tmp_path), output_dir=str(tmp_path / "x"), **COMMON)
+
+
+def _poison_training_call(monkeypatch, module, function: str, call_number: int, seen: list) -> None:
+    """Make the model's `call_number`-th training-mode forward return NaN logits (and loss); record its ids."""
+    original = getattr(module, function)
+
+    def wrapped(*args, **kwargs):
+        model = original(*args, **kwargs)
+        calls = {"n": 0}
+
+        def hook(module_, args_, kwargs_, output):
+            if not module_.training:
+                return output
+            calls["n"] += 1
+            if calls["n"] == call_number:
+                ids, mask = kwargs_.get("input_ids"), kwargs_.get("attention_mask")
+                seen.append((ids, mask))
+                for key in ("loss", "logits", "log_probs"):  # whichever the model returns
+                    if output.get(key) is not None:
+                        output[key] = output[key] * float("nan")
+            return output
+
+        model.register_forward_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(module, function, wrapped)
+
+
+def test_nan_in_one_sft_batch_stops_with_the_step_and_its_records(synthetic_dir, tmp_path, monkeypatch):
+    seen: list = []
+    _poison_training_call(monkeypatch, models, "attach_lora", 3, seen)
+    out = tmp_path / "sft"
+    with pytest.raises(NonFiniteError) as error:
+        sft.train(dataset=str(synthetic_dir), output_dir=str(out), learning_rate=3e-3, **COMMON)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("step 3: non-finite loss on the batch of records [")
+    assert f"last good checkpoint: {out / 'checkpoint-2'}" in message
+    assert not (out / runtime.FINAL_CHECKPOINT).exists() and not (out / "checkpoint-4").exists()
+    assert torch.isfinite(torch.cat([t.flatten() for t in _tensors(out / "checkpoint-2").values()])).all()
+    # The records named are exactly those of the poisoned batch: re-tokenize them and compare.
+    numbers = json.loads(message.split("records ")[1].split(" of ")[0])
+    data = runtime.load_stage_data(("train",), str(synthetic_dir))
+    tokenizer = models.load_tokenizer(str(out / "checkpoint-2"))
+    rows = di.build_sft_rows([data.train[i] for i in numbers], data.templates, 0)
+    expected = sorted(tuple(di.tokenize_sft_row(tokenizer, row, 512)["input_ids"]) for row in rows)
+    ids, mask = seen[0]
+    batch = sorted(tuple(t for t, m in zip(r, rm) if m) for r, rm in zip(ids.tolist(), mask.tolist()))
+    assert len(numbers) == 4 and expected == batch
+
+
+def test_nan_in_one_preference_batch_stops_before_any_final_checkpoint(synthetic_dir, sft_final, tmp_path, monkeypatch):
+    seen: list = []
+    _poison_training_call(monkeypatch, models, "load_adapter", 3, seen)  # the reference runs in eval mode
+    out = tmp_path / "sdpo"
+    with pytest.raises(NonFiniteError, match=r"^step 3: non-finite loss on the batch of records \[\d+, \d+, \d+, \d+\]"):
+        softmax_dpo.train(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final, output_dir=str(out), **COMMON)
+    assert not (out / runtime.FINAL_CHECKPOINT).exists() and not (out / "checkpoint-4").exists()
+    assert torch.isfinite(torch.cat([t.flatten() for t in _tensors(out / "checkpoint-2").values()])).all()
+
+
+def test_the_cli_reports_a_nan_stop_in_one_line(synthetic_dir, tmp_path):
+    """An extreme learning rate drives the tiny model to a non-finite loss; the CLI ends with one error line."""
+    result = subprocess.run(
+        [sys.executable, "softmax_dpo.py", "--model_name", "tiny", "--dataset", str(synthetic_dir), "--output_dir",
+         str(tmp_path / "out"), "--resume_from_checkpoint", str(_full_sft(synthetic_dir, tmp_path)), "--full_finetune",
+         "--learning_rate", "1e38", "--max_steps", "6", "--eval_step", "3", "--batch_size", "4",
+         "--max_eval_samples", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert len(lines) == 1, result.stderr[-1500:]
+    error = lines[0][lines[0].index("error: "):]  # a progress bar may precede it on the same line
+    assert error.startswith("error: step ") and "non-finite loss" in error and "records [" in error
+    assert not (tmp_path / "out" / runtime.FINAL_CHECKPOINT).exists()
+
+
+def _full_sft(synthetic_dir, tmp_path) -> str:
+    return sft.train(dataset=str(synthetic_dir), output_dir=str(tmp_path / "full_sft"), full_finetune=True,
+                     learning_rate=3e-3, **COMMON)
+
+
+def test_an_unwritable_output_folder_is_refused_before_training(synthetic_dir, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(models, "load_base_model", refuse)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for call in (lambda out: sft.train(dataset=str(synthetic_dir), output_dir=out),
+                 lambda out: inference.evaluate(dataset=str(synthetic_dir), output_dir=out)):
+        with pytest.raises(runtime.UsageError, match=r"a_file/out: cannot write to the output folder"):
+            call(str(blocker / "out"))
+    assert blocker.read_text() == "not a folder"
+
+
+def test_the_same_evaluation_twice_gives_identical_files(synthetic_dir, sft_final, tmp_path):
+    outputs = []
+    for name in ("first", "second"):
+        inference.evaluate(base_model="tiny", resume_from_checkpoint=sft_final, dataset=str(synthetic_dir),
+                           output_dir=str(tmp_path / name), max_samples=24, batch_size=8)
+        outputs.append(tmp_path / name)
+    first, second = ((out / "predictions.jsonl").read_bytes() for out in outputs)
+    assert first == second and len(first.splitlines()) == 24
+    metrics = [json.loads((out / inference.METRICS_FILE).read_text()) for out in outputs]
+    for m in metrics:
+        m.pop("seconds")
+    assert metrics[0] == metrics[1]
