@@ -22,9 +22,12 @@ import runtime
 METHODS = ("base", "sft", "dpo", "sdpo")  # base: the model with no training (zero-shot)
 
 
-# (metrics.json key, header, width): generation columns (the paper's metric), then ranking columns.
-COLUMNS = (("hr@1", "HR@1", 8), ("valid_ratio", "ValidRatio", 12), ("rank_hr@1", "rankHR@1", 10),
-           ("rank_ndcg@5", "rankNDCG@5", 12))
+# (metrics.json key, header, width): generation columns (the paper's metric) under this project's counting
+# rule and under the original release's plain substring rule ("orig"), then ranking columns.
+COLUMNS = (("hr@1", "HR@1", 8), ("valid_ratio", "ValidRatio", 12), ("hr@1_original", "HR@1orig", 10),
+           ("valid_ratio_original", "Validorig", 11), ("rank_hr@1", "rankHR@1", 10), ("rank_ndcg@5", "rankNDCG@5", 12))
+LEGEND = ("HR@1 / ValidRatio: generation, one candidate named (this project's rule); *orig: the original release's "
+          "substring rule; rank*: the 20 candidates ranked by log-probability; '-': not computed for that row")
 
 
 def _read_json(path: Path) -> dict:
@@ -61,6 +64,7 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
     results.update(di.reference_metrics(data.train, test))
     runtime.save_json(root / "results.json", results)
     print(format_table(results))
+    print(LEGEND)
     print(f"written to {root / 'results.json'}")
     return results
 

@@ -61,6 +61,9 @@ def test_launchers_run_every_stage_and_write_the_results_table(launched_run):
     assert results["random"]["rank_hr@1"] == pytest.approx(0.05)
     for method in ("base", "sft", "dpo", "sdpo", "popularity"):  # generation and ranking columns in every row
         assert {"hr@1", "valid_ratio", "rank_hr@1", "rank_ndcg@5"} <= set(results[method])
+    for method in ("base", "sft", "dpo", "sdpo"):  # and the original release's counting rule beside ours
+        assert results[method]["hr@1_original"] == json.loads(
+            (launched_run / "eval" / method / "metrics.json").read_text())["hr@1_original"]
     assert all(results[m]["n"] == 12 for m in results)
 
 
