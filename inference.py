@@ -35,6 +35,7 @@ import models
 import runtime
 
 logger = logging.getLogger("sdpo.inference")
+PARTIAL_DIR = "predictions.partial"  # finished chunks of an evaluation in progress
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 MAX_NEW_TOKENS = 20
@@ -142,6 +143,74 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
     return metrics, rows
 
 
+def metrics_of_rows(rows: Sequence[dict], records: Sequence[di.Record], generation: bool, ranking: bool) -> dict:
+    """The metrics of prediction rows (`evaluate_records`' rows, in record order)."""
+    metrics: dict = {"n": len(records)}
+    targets = [record.target for record in records]
+    if generation:
+        metrics.update(di.recommendation_metrics([row["prediction"] for row in rows], targets))
+        metrics.update(di.original_rule_metrics([row["output"] for row in rows], records))
+    if ranking:
+        metrics.update(di.ranking_metrics([row["target_rank"] for row in rows]))
+    return metrics
+
+
+class EvaluationChunks:
+    """The finished chunks of one evaluation, each a JSON file written atomically in `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"chunk-{number:05d}.json"
+
+    def done(self, number: int) -> bool:
+        return self._path(number).exists()
+
+    def save(self, number: int, rows: list[dict], seconds: float) -> None:
+        runtime.save_json(self._path(number), {"seconds": seconds, "rows": rows})
+
+    def load_all(self, count: int) -> tuple[list[dict], float]:
+        import json
+
+        rows, seconds = [], 0.0
+        for number in range(count):
+            chunk = json.loads(self._path(number).read_text(encoding="utf-8"))
+            rows += chunk["rows"]
+            seconds += chunk["seconds"]
+        return rows, seconds
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def open_chunks(folder: Path, flags: dict, checkpoint: str | None) -> EvaluationChunks:
+    """The chunk store of this evaluation; chunks left by a run with other flags or another checkpoint
+    state are discarded (never mixed into this run's metrics)."""
+    import json
+    import shutil
+
+    identity = {key: value for key, value in flags.items() if key not in ("overwrite_output_dir",)}
+    weights = sorted(Path(checkpoint).glob("*.safetensors")) if checkpoint else []
+    identity["checkpoint_files"] = [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in weights]
+    identity = json.loads(json.dumps(identity, default=str))
+    marker = folder / "flags.json"
+    if folder.exists():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous != identity:
+            logger.warning("%s: discarding chunks of an evaluation with other flags or another checkpoint", folder)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        runtime.save_json(marker, identity)
+    return EvaluationChunks(folder)
+
+
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,
                         load_in_4bit: bool | str = "auto", double_quant: bool = False):
     """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized.
@@ -175,29 +244,52 @@ def evaluate(
     load_in_4bit: bool | str = "auto",
     bnb_4bit_use_double_quant: bool = False,
     seed: int = 0,
+    chunk_size: int = 1024,
 ) -> dict:
-    """Evaluate a model (optionally with an adapter) on the test split; returns the metrics."""
+    """Evaluate a model (optionally with an adapter) on the test split; returns the metrics.
+
+    Prompts are evaluated in chunks of `chunk_size`; each finished chunk is saved atomically under
+    `output_dir/predictions.partial/`, so a killed run started again with the same flags continues after
+    the last finished chunk (and gives the files an uninterrupted run gives). The chunks are removed once
+    `predictions.jsonl` and `metrics.json` are written.
+    """
+    flags = dict(locals())
     runtime.check_load_in_4bit(load_in_4bit)
+    if chunk_size < 1:
+        raise runtime.UsageError(f"--chunk_size must be at least 1, got {chunk_size}")
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, METRICS_FILE)
     runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("test",), dataset, None, None, test_file, prompt_path)
     records = di.sample_records(data.test, max_samples, seed)
-    model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
-                                           bnb_4bit_use_double_quant)
-    start = time.time()
-    with runtime.autocast(bf16):
-        metrics, rows = evaluate_records(model, tokenizer, records, data.templates, seed, batch_size, cutoff_len,
-                                         generation=generation, ranking=ranking)
-    metrics["seconds"] = round(time.time() - start, 2)
+    chunks = open_chunks(output / PARTIAL_DIR, flags, resume_from_checkpoint)
+    starts = range(0, len(records), chunk_size)
+    todo = [(number, start) for number, start in enumerate(starts) if not chunks.done(number)]
+    if len(todo) < len(starts):
+        logger.info("continuing an interrupted evaluation: %d of %d chunks already done", len(starts) - len(todo),
+                    len(starts))
+    if todo:
+        model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
+                                               bnb_4bit_use_double_quant)
+    for number, start in todo:
+        begin = time.time()
+        with runtime.autocast(bf16):
+            _, rows = evaluate_records(model, tokenizer, records[start:start + chunk_size], data.templates, seed,
+                                       batch_size, cutoff_len, generation=generation, ranking=ranking)
+        for row in rows:
+            row["index"] += start
+        chunks.save(number, rows, time.time() - begin)
+    rows, seconds = chunks.load_all(len(starts))
+    metrics = metrics_of_rows(rows, records, generation, ranking)
+    metrics["seconds"] = round(seconds, 2)
     metrics["checkpoint"] = resume_from_checkpoint
     metrics["bf16"] = runtime.use_bf16(bf16)
-    output.mkdir(parents=True, exist_ok=True)
     import json
 
     tmp = output / (PREDICTIONS_FILE + ".tmp")
     tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(output / PREDICTIONS_FILE)
     runtime.save_json(output / METRICS_FILE, metrics)
+    chunks.remove()
     shown = [f"{label} {metrics[key]:.4f}" for label, key in
              (("HR@1", "hr@1"), ("ValidRatio", "valid_ratio"), ("rank HR@1", "rank_hr@1"), ("NDCG@5", "rank_ndcg@5"))
              if key in metrics]

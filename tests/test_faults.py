@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,73 @@ def test_the_same_evaluation_twice_gives_identical_files(synthetic_dir, sft_fina
     for m in metrics:
         m.pop("seconds")
     assert metrics[0] == metrics[1]
+
+
+def _evaluation_files(out: Path) -> tuple[bytes, dict]:
+    metrics = json.loads((out / inference.METRICS_FILE).read_text())
+    metrics.pop("seconds")
+    return (out / inference.PREDICTIONS_FILE).read_bytes(), metrics
+
+
+def test_an_interrupted_evaluation_continues_after_its_last_chunk(synthetic_dir, sft_final, tmp_path, monkeypatch):
+    run = dict(base_model="tiny", resume_from_checkpoint=sft_final, dataset=str(synthetic_dir), max_samples=24,
+               batch_size=4, chunk_size=8)
+    inference.evaluate(output_dir=str(tmp_path / "whole"), **run)
+    original, calls = inference.evaluate_records, []
+
+    def dies_at_the_third_chunk(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "evaluate_records", dies_at_the_third_chunk)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        inference.evaluate(output_dir=str(out), **run)
+    assert sorted(p.name for p in (out / inference.PARTIAL_DIR).glob("chunk-*")) == ["chunk-00000.json", "chunk-00001.json"]
+    assert not (out / inference.METRICS_FILE).exists()
+    calls.clear()
+    monkeypatch.setattr(inference, "evaluate_records", lambda *a, **k: (calls.append(len(a[2])), original(*a, **k))[1])
+    inference.evaluate(output_dir=str(out), **run)
+    assert calls == [8]  # only the chunk that was lost
+    assert _evaluation_files(out) == _evaluation_files(tmp_path / "whole")
+    assert not (out / inference.PARTIAL_DIR).exists()
+
+
+def test_chunks_of_an_evaluation_with_other_flags_are_discarded(synthetic_dir, sft_final, tmp_path, monkeypatch):
+    run = dict(base_model="tiny", resume_from_checkpoint=sft_final, dataset=str(synthetic_dir), max_samples=16,
+               batch_size=4, chunk_size=8)
+    out = tmp_path / "eval"
+    stale = out / inference.PARTIAL_DIR
+    stale.mkdir(parents=True)
+    (stale / "flags.json").write_text(json.dumps({"seed": 99}))
+    (stale / "chunk-00000.json").write_text(json.dumps({"seconds": 1.0, "rows": [{"bogus": True}] * 8}))
+    metrics = inference.evaluate(output_dir=str(out), **run)
+    rows = [json.loads(line) for line in (out / inference.PREDICTIONS_FILE).read_text().splitlines()]
+    assert len(rows) == 16 and not any("bogus" in row for row in rows) and metrics["n"] == 16
+    assert [row["index"] for row in rows] == list(range(16))
+
+
+def test_kill_9_during_evaluation_then_rerun_gives_the_uninterrupted_files(synthetic_dir, sft_final, tmp_path):
+    command = [sys.executable, "inference.py", "--base_model", "tiny", "--resume_from_checkpoint", sft_final,
+               "--dataset", str(synthetic_dir), "--max_samples", "48", "--batch_size", "2", "--chunk_size", "4",
+               "--generation", "True", "--ranking", "True"]
+    subprocess.run([*command, "--output_dir", str(tmp_path / "whole")], cwd=REPO, check=True, capture_output=True,
+                   timeout=600)
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / inference.PARTIAL_DIR / "chunk-00002.json").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (out / inference.METRICS_FILE).exists()
+    done = len(list((out / inference.PARTIAL_DIR).glob("chunk-*.json")))
+    assert 3 <= done < 12
+    result = subprocess.run([*command, "--output_dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{done} of 12 chunks already done" in result.stderr
+    assert _evaluation_files(out) == _evaluation_files(tmp_path / "whole")
