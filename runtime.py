@@ -79,21 +79,27 @@ def check_writable(output_dir: Path) -> None:
 
 
 def checkpoint_to_continue(output_dir: Path, resume_training: bool | str) -> Path | None:
-    """`--resume_training`: False (start afresh), True (the latest complete `checkpoint-*` in output_dir) or
-    a checkpoint folder. Returns the folder to continue from, or None."""
+    """`--resume_training` (preference stages) / `--resume_from_checkpoint` (SFT): False (start afresh), True
+    (the latest complete `checkpoint-N` in output_dir; a damaged one is skipped with a warning naming it
+    and why) or a checkpoint folder (refused with one line when damaged). Returns the folder, or None."""
+    from trainer.checkpoints import checkpoint_problem
+
     if resume_training is False or resume_training in ("", "False", "false", None):
         return None
     if resume_training is True or resume_training in ("True", "true"):
-        checkpoints = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-                       and (p / "trainer_state.json").exists()]
-        if not checkpoints:
-            raise UsageError(f"{output_dir}: --resume_training True but the folder holds no complete checkpoint-* "
-                             "to continue from")
-        return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]))
+        checkpoints = sorted((p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                             key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        for checkpoint in checkpoints:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint
+            logger.warning("%s: skipping a damaged checkpoint (%s)", checkpoint, problem)
+        raise UsageError(f"{output_dir}: asked to continue from the latest checkpoint, but the folder holds no "
+                         "complete checkpoint-* to continue from")
     path = Path(str(resume_training))
-    if not (path / "trainer_state.json").exists():
-        raise UsageError(f"{path}: --resume_training needs a checkpoint folder written by a training run "
-                         "(with trainer_state.json)")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UsageError(f"{path}: cannot continue from this checkpoint: {problem}")
     return path
 
 

@@ -58,8 +58,9 @@ def train(
     runtime.check_load_in_4bit(load_in_4bit)
     eval_step = runtime.check_eval_step(eval_step)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
-    if isinstance(resume_from_checkpoint, str):
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("True", "False"):
         runtime.check_checkpoint(resume_from_checkpoint)
+    checkpoint_to_continue = runtime.checkpoint_to_continue(output, resume_from_checkpoint or False)
     data = runtime.load_stage_data(("train", "val"), dataset, train_file, val_file, None, prompt_path)
     train_records = runtime.records_for_steps(data.train[:max_train_samples] if max_train_samples else data.train,
                                               max_steps, batch_size, gradient_accumulation_steps, seed)
@@ -88,10 +89,10 @@ def train(
                                            num_train_epochs, max_steps, eval_step, seed, wandb_project,
                                            wandb_name, logging_dir, bf16),
     )
-    from trainer.non_finite import StopOnNonFinite
+    from trainer import AtomicCheckpoints, StopOnNonFinite
 
-    class SFTStageTrainer(StopOnNonFinite, SFTTrainer):
-        """trl's SFTTrainer that stops at the first non-finite loss or gradient."""
+    class SFTStageTrainer(AtomicCheckpoints, StopOnNonFinite, SFTTrainer):
+        """trl's SFTTrainer with whole-or-absent checkpoints, stopping at the first non-finite loss or gradient."""
 
     train_dataset = tokenized(train_records)
     trainer = SFTStageTrainer(
@@ -100,7 +101,7 @@ def train(
     )
     trainer.register_records(train_dataset["input_ids"], runtime.record_numbers(data.train, train_records),
                              data.files.train)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
     final = output / runtime.FINAL_CHECKPOINT
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))

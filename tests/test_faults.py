@@ -20,7 +20,7 @@ import models
 import runtime
 import sft
 import softmax_dpo
-from trainer import NonFiniteError
+from trainer import NonFiniteError, checkpoint_problem
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = {"model_name": "tiny", "batch_size": 4, "max_steps": 4, "eval_step": 2, "max_eval_samples": 8}
@@ -63,11 +63,49 @@ def test_a_killed_preference_run_continues_to_the_same_adapter(synthetic_dir, sf
     assert [entry["eval_loss"] for entry in logged] == pytest.approx([entry["eval_loss"] for entry in expected], abs=1e-6)
 
 
+def test_checkpoints_are_renamed_when_whole_and_damaged_ones_are_skipped(synthetic_dir, sft_final, tmp_path):
+    run = dict(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final, neg_num=3, learning_rate=1e-3, **COMMON)
+    whole = tmp_path / "whole"
+    softmax_dpo.train(output_dir=str(whole), **run)
+    assert not list(whole.glob("tmp-checkpoint-*"))
+    state = json.loads((whole / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] in (str(whole / "checkpoint-2"), str(whole / "checkpoint-4"))
+    # A run killed while writing checkpoint-4 leaves a staging folder, ignored; a checkpoint-4 whose weights
+    # were truncated (a copy or disk fault) is skipped with a warning for the previous good one.
+    killed = tmp_path / "killed"
+    shutil.copytree(whole / "checkpoint-2", killed / "checkpoint-2")
+    shutil.copytree(whole / "checkpoint-4", killed / "checkpoint-4")
+    weights = killed / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shutil.copytree(whole / "checkpoint-4", killed / "tmp-checkpoint-6")
+    assert "adapter_model.safetensors is damaged" in checkpoint_problem(killed / "checkpoint-4")
+    assert runtime.checkpoint_to_continue(killed, True) == killed / "checkpoint-2"
+    with pytest.raises(runtime.UsageError, match=r"checkpoint-4: cannot continue from this checkpoint: "
+                                                 r"adapter_model.safetensors is damaged"):
+        runtime.checkpoint_to_continue(killed, str(killed / "checkpoint-4"))
+    softmax_dpo.train(output_dir=str(killed), resume_training=True, **run)
+    _assert_same_tensors(_tensors(killed / "checkpoint-4"), _tensors(whole / "checkpoint-4"))
+
+
+def test_sft_continues_from_the_latest_complete_checkpoint(synthetic_dir, tmp_path):
+    run = dict(dataset=str(synthetic_dir), learning_rate=3e-3, **COMMON)
+    whole = tmp_path / "whole"
+    sft.train(output_dir=str(whole), **run)
+    killed = tmp_path / "killed"
+    shutil.copytree(whole / "checkpoint-2", killed / "checkpoint-2")
+    optimizer = killed / "checkpoint-2" / "optimizer.pt"
+    shutil.copytree(killed / "checkpoint-2", killed / "checkpoint-3")  # a damaged later one: skipped
+    (killed / "checkpoint-3" / "optimizer.pt").write_bytes(optimizer.read_bytes()[:100])
+    assert checkpoint_problem(killed / "checkpoint-3") == "optimizer.pt is damaged (not a complete torch archive)"
+    sft.train(output_dir=str(killed), resume_from_checkpoint=True, **run)
+    _assert_same_tensors(_tensors(killed / "checkpoint-4"), _tensors(whole / "checkpoint-4"))
+
+
 def test_resume_training_without_a_checkpoint_is_one_line(synthetic_dir, sft_final, tmp_path):
     with pytest.raises(runtime.UsageError, match="holds no complete checkpoint"):
         softmax_dpo.train(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final, resume_training=True,
                           output_dir=str(tmp_path / "empty"), **COMMON)
-    with pytest.raises(runtime.UsageError, match="needs a checkpoint folder"):
+    with pytest.raises(runtime.UsageError, match="cannot continue from this checkpoint: trainer_state.json is missing"):
         softmax_dpo.train(dataset=str(synthetic_dir), resume_from_checkpoint=sft_final,
                           resume_training=str(tmp_path), output_dir=str(tmp_path / "x"), **COMMON)
 

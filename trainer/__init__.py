@@ -1,5 +1,6 @@
 """S-DPO training: the softmax-DPO loss, shared-prompt completion log-probs and the trainer."""
 
+from .checkpoints import AtomicCheckpoints, checkpoint_problem
 from .log_probs import completion_logps, pack_prompt_with_completions
 from .non_finite import NonFiniteError, StopOnNonFinite
 from .softmax_dpo_trainer import (
@@ -10,6 +11,8 @@ from .softmax_dpo_trainer import (
 )
 
 __all__ = [
+    "AtomicCheckpoints",
+    "checkpoint_problem",
     "NonFiniteError",
     "StopOnNonFinite",
     "SoftmaxDPOCollator",

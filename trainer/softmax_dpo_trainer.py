@@ -49,6 +49,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .log_probs import FORWARD_MODES, completion_logps
+from .checkpoints import AtomicCheckpoints
 from .non_finite import StopOnNonFinite
 
 try:
@@ -226,7 +227,7 @@ class reference_mode:  # noqa: N801 - a context manager, named like contextlib.s
         self.model.train(self._was_training)
 
 
-class SoftmaxDPOTrainer(StopOnNonFinite, Trainer):
+class SoftmaxDPOTrainer(AtomicCheckpoints, StopOnNonFinite, Trainer):
     """Trainer for S-DPO. See the module docstring for the reference-model options.
 
     Args:
