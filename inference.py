@@ -115,18 +115,83 @@ def score_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     return scores
 
 
+def generate_and_score(model, tokenizer, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                       batch_size: int = 16, max_new_tokens: int = MAX_NEW_TOKENS, cutoff_len: int | None = None,
+                       progress: bool = True) -> tuple[list[str], list[list[float]]]:
+    """`generate_outputs` and `score_candidates` with one prompt encoding per batch.
+
+    Each batch of left-padded prompts is run once up to its second-to-last column into a KV cache; the
+    last prompt token and the packed candidates are scored on top of that cache
+    (`trainer.log_probs.completion_logps_after_cache`), the cache is cropped back, and `generate` continues
+    from it, so it only encodes the last prompt token again. Same outputs and scores (up to float
+    rounding) as the two functions run separately.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import DynamicCache
+
+    from trainer import SoftmaxDPOCollator
+    from trainer.log_probs import completion_logps_after_cache
+
+    encoded = [di.encode_prompt(tokenizer, prompt, cutoff_len) for prompt in prompts]
+    completions = [di.encode_completions(tokenizer, prompt, [di.completion_text(n) for n in names])
+                   for prompt, names in zip(prompts, candidates)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(encoded)
+    scores: list[list[float]] = [[] for _ in encoded]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    collate = SoftmaxDPOCollator(pad_id)
+    model.eval()
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generating and ranking", disable=not progress):
+        # Candidate counts may differ between records: batch rows with the same count together.
+        by_count: dict[int, list[int]] = {}
+        for index in batch:
+            by_count.setdefault(len(completions[index]), []).append(index)
+        for group in by_count.values():
+            tensors = {k: v.to(device) for k, v in collate(
+                [{"prompt_input_ids": encoded[i], "completion_input_ids": completions[i]} for i in group]).items()}
+            input_ids, attention_mask = tensors["prompt_input_ids"], tensors["prompt_attention_mask"]
+            width = input_ids.shape[1]
+            with torch.inference_mode():
+                cache = DynamicCache()
+                if width > 1:
+                    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                          position_ids=positions[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logps = completion_logps_after_cache(model, cache, input_ids, attention_mask,
+                                                     tensors["completion_input_ids"],
+                                                     tensors["completion_attention_mask"])
+                generated = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+                )
+            texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for index, text, values in zip(group, texts, logps.float().cpu().tolist()):
+                outputs[index], scores[index] = text, values
+    return outputs, scores
+
+
 def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: Sequence[str], seed: int = 0,
                      batch_size: int = 16, cutoff_len: int | None = None, sort_by_length: bool = True,
-                     progress: bool = True, generation: bool = True, ranking: bool = True) -> tuple[dict, list[dict]]:
+                     progress: bool = True, generation: bool = True, ranking: bool = True,
+                     shared_prefill: bool = True) -> tuple[dict, list[dict]]:
     """Generate for and/or rank the candidates of every record; returns (metrics, per-prompt rows)."""
     if not (generation or ranking):
         raise runtime.UsageError("nothing to evaluate: --generation and --ranking are both off")
     prompts = [di.build_prompt(record, templates, seed) for record in records]
     rows = [{"index": i, "target": record.target} for i, record in enumerate(records)]
     metrics: dict = {"n": len(records)}
-    if generation:
+    scores = None
+    if generation and ranking and shared_prefill:
+        outputs, scores = generate_and_score(model, tokenizer, prompts, [record.candidates for record in records],
+                                             batch_size, cutoff_len=cutoff_len, progress=progress)
+    elif generation:
         outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
                                    sort_by_length=sort_by_length, progress=progress)
+    if generation:
         predictions = [di.prediction_of(output, record.candidates) for output, record in zip(outputs, records)]
         for row, output, prediction in zip(rows, outputs, predictions):
             row.update(output=output, prediction=prediction, valid=prediction is not None,
@@ -134,8 +199,9 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
         metrics.update(di.recommendation_metrics(predictions, [record.target for record in records]))
         metrics.update(di.original_rule_metrics(outputs, records))  # the original release's counting rule
     if ranking:
-        scores = score_candidates(model, tokenizer, prompts, [record.candidates for record in records], batch_size,
-                                  cutoff_len, progress)
+        if scores is None:
+            scores = score_candidates(model, tokenizer, prompts, [record.candidates for record in records],
+                                      batch_size, cutoff_len, progress)
         ranks = [di.rank_of_target(values, record.candidates, record.target) for values, record in zip(scores, records)]
         for row, rank, values, record in zip(rows, ranks, scores, records):
             row.update(target_rank=rank, ranked_first=record.candidates[max(range(len(values)), key=values.__getitem__)])
@@ -245,6 +311,7 @@ def evaluate(
     bnb_4bit_use_double_quant: bool = False,
     seed: int = 0,
     chunk_size: int = 1024,
+    shared_prefill: bool = True,
 ) -> dict:
     """Evaluate a model (optionally with an adapter) on the test split; returns the metrics.
 
@@ -274,7 +341,8 @@ def evaluate(
         begin = time.time()
         with runtime.autocast(bf16):
             _, rows = evaluate_records(model, tokenizer, records[start:start + chunk_size], data.templates, seed,
-                                       batch_size, cutoff_len, generation=generation, ranking=ranking)
+                                       batch_size, cutoff_len, generation=generation, ranking=ranking,
+                                       shared_prefill=shared_prefill)
         for row in rows:
             row["index"] += start
         chunks.save(number, rows, time.time() - begin)

@@ -271,3 +271,31 @@ def test_sft_and_sdpo_run_data_parallel_with_two_processes(synthetic_dir, tmp_pa
         assert (tmp_path / stage / runtime.FINAL_CHECKPOINT / "adapter_model.safetensors").exists()
         last = max((tmp_path / stage).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
         assert json.loads((last / "trainer_state.json").read_text())["global_step"] == int(FAST["MAX_STEPS"])
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "adapter"])
+def test_one_prefill_for_generation_and_ranking_gives_the_separate_results(synthetic_dir, merged):
+    """The prompt is encoded once for both: same greedy outputs, same candidate scores (1e-5), same rows."""
+    data = runtime.load_stage_data(("train", "val", "test"), str(synthetic_dir))
+    base = runtime.base_model_path("tiny", None, data, 0)
+    tokenizer = models.load_tokenizer(base)
+    config = models.lora_config("tiny")
+    config.init_lora_weights = False
+    torch.manual_seed(0)
+    model = models.attach_lora(models.load_base_model(base), config).eval()
+    if merged:
+        model = model.merge_and_unload()
+    records = data.test[:14]
+    prompts = [di.build_prompt(record, data.templates) for record in records]
+    assert len({len(di.encode_prompt(tokenizer, prompt)) for prompt in prompts}) > 1  # left padding exercised
+    candidates = [record.candidates for record in records]
+    outputs = inference.generate_outputs(model, tokenizer, prompts, 4, progress=False)
+    scores = inference.score_candidates(model, tokenizer, prompts, candidates, 4, progress=False)
+    shared_outputs, shared_scores = inference.generate_and_score(model, tokenizer, prompts, candidates, 4,
+                                                                 progress=False)
+    assert shared_outputs == outputs and any(outputs)
+    torch.testing.assert_close(torch.tensor(shared_scores), torch.tensor(scores), atol=1e-5, rtol=1e-5)
+    separate = inference.evaluate_records(model, tokenizer, records, data.templates, batch_size=4, progress=False,
+                                          shared_prefill=False)
+    shared = inference.evaluate_records(model, tokenizer, records, data.templates, batch_size=4, progress=False)
+    assert shared[0] == separate[0] and shared[1] == separate[1]

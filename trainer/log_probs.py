@@ -137,7 +137,6 @@ def _packed_completion_logps(
     completion_attention_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Summed log-probs ``[B, K]`` of K completions packed after one prompt per row (one model call)."""
-    batch_size, num_completions = completion_input_ids.shape[:2]
     packed = pack_prompt_with_completions(
         prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
     )
@@ -153,8 +152,7 @@ def _packed_completion_logps(
     # Logits are needed only where they predict a completion token: at the last prompt position (first token of
     # every completion) and at each completion token that is not its completion's last. Only those M positions go
     # through the LM head; the output is flattened row-major to [M, V].
-    segment, is_prompt_end = packed["segment"], packed["is_prompt_end"]
-    keep = is_prompt_end | ((segment >= 0) & ~packed["is_last"])
+    keep = packed["is_prompt_end"] | ((packed["segment"] >= 0) & ~packed["is_last"])
     logits = model(
         input_ids=packed["input_ids"],
         attention_mask=attention_mask,
@@ -162,6 +160,14 @@ def _packed_completion_logps(
         logits_to_keep=keep,
         use_cache=False,
     ).logits.float()  # [M, V]
+    return _summed_completion_logps(logits, packed, keep, completion_input_ids)
+
+
+def _summed_completion_logps(logits: torch.Tensor, packed: dict, keep: torch.Tensor,
+                             completion_input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` summed log-probs of the packed completions from the ``[M, V]`` logits of the kept positions."""
+    batch_size, num_completions = completion_input_ids.shape[:2]
+    segment, is_prompt_end = packed["segment"], packed["is_prompt_end"]
     log_normalizer = logits.logsumexp(dim=-1)  # [M]
 
     # (kept row, target token) of every completion token, gathered in ONE indexing op so that its backward writes a
@@ -181,6 +187,48 @@ def _packed_completion_logps(
     owner = (torch.arange(batch_size, device=segment.device)[:, None] * num_completions + segment)[keep][inner]
     rest_logps = torch.zeros_like(first_logps).index_add(0, owner, inner_logps)
     return (first_logps + rest_logps).view(batch_size, num_completions)
+
+
+@torch.no_grad()
+def completion_logps_after_cache(
+    model: nn.Module,
+    cache,
+    prompt_input_ids: torch.Tensor,
+    prompt_attention_mask: torch.Tensor,
+    completion_input_ids: torch.Tensor,
+    completion_attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """``[B, K]`` summed log-probs of K completions per prompt, given a KV ``cache`` of all prompt tokens but the last.
+
+    For evaluation that also generates: the prompts ``[B, P]`` (LEFT-padded, as ``generate`` takes them) were run
+    once through the model up to column P-2 into ``cache``; this call runs only the last prompt token and the packed
+    completions on top of it (the same block mask and position ids as the shared forward), then crops the cache back
+    to P-1 tokens, so ``generate`` can continue from it without encoding the prompt again. Without gradients.
+    """
+    cached = prompt_input_ids.shape[1] - 1
+    packed = pack_prompt_with_completions(
+        prompt_input_ids[:, -1:], torch.ones_like(prompt_attention_mask[:, -1:]), completion_input_ids,
+        completion_attention_mask,
+    )
+    # Positions continue the prompt's (real tokens count from 0 on the left-padded row).
+    packed["position_ids"] = packed["position_ids"] + prompt_attention_mask.sum(dim=1, keepdim=True) - 1
+    sees_cache = prompt_attention_mask[:, None, None, :cached].bool().expand(-1, 1, packed["input_ids"].shape[1], -1)
+    attention_mask = torch.cat([sees_cache, packed["attention_mask"]], dim=-1)
+    if _attention_implementation(model) == "eager":
+        attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill_(
+            ~attention_mask, torch.finfo(torch.float32).min
+        )
+    keep = packed["is_prompt_end"] | ((packed["segment"] >= 0) & ~packed["is_last"])
+    logits = model(
+        input_ids=packed["input_ids"],
+        attention_mask=attention_mask,
+        position_ids=packed["position_ids"],
+        past_key_values=cache,
+        logits_to_keep=keep,
+        use_cache=True,
+    ).logits.float()
+    cache.crop(-packed["input_ids"].shape[1])  # back to the P-1 prompt tokens
+    return _summed_completion_logps(logits, packed, keep, completion_input_ids)
 
 
 def _concat_completion_logps(
