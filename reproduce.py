@@ -65,6 +65,8 @@ class ModelPlan:
     eval: dict = field(default_factory=dict)  # flags of inference.py (max_samples, generation, batch_size)
     eval_seed: int = 0  # selects the evaluation sample: the same prompts for every row
     launcher: tuple[str, ...] = ()  # e.g. torchrun for multi-GPU profiles; empty: this Python
+    baselines: tuple[str, ...] = ("gru4rec", "caser", "sasrec")  # conventional recommenders (python -m baselines)
+    baseline_flags: dict = field(default_factory=dict)  # extra flags of `python -m baselines` (e.g. epochs)
 
 
 PROFILES: dict[str, list[ModelPlan]] = {
@@ -112,7 +114,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
             preference=dict(full_finetune=True, batch_size=4, max_steps=2, learning_rate=1e-4, eval_step=2,
                             max_eval_samples=8),
             preference_seeds=(0,), negatives=(1, 3), betas=(1.0, 2.0),
-            eval=dict(max_samples=24, batch_size=8),
+            eval=dict(max_samples=24, batch_size=8), baselines=("gru4rec",), baseline_flags=dict(epochs=2),
         ),
     ],
 }
@@ -158,6 +160,12 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         return Cell(f"eval-{name}", "eval", command, root / "eval" / name, needs, {**info, "trained": name})
 
     cells.append(evaluation("base", None, (), {"method": "base"}))
+    if plan.baselines:  # conventional recommenders, ranked over the same candidates of the same test prompts
+        out = root / "baselines"
+        command = [python, "-m", "baselines", *data, "--model", ",".join(plan.baselines), "--output_dir", str(out),
+                   "--overwrite_output_dir", f"--seed={plan.eval_seed}", "--progress=False",
+                   *_flags({"max_samples": plan.eval.get("max_samples"), **plan.baseline_flags})]
+        cells.append(Cell("baselines", "baselines", command, out, (), {"method": "baselines"}))
     for sft_seed in plan.sft_seeds:
         name = f"sft-s{sft_seed}"
         out = root / name
@@ -274,10 +282,17 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     """Every finished cell's numbers, plus the reference rows on the same evaluation prompts."""
     data = runtime.load_stage_data(("train", "test"), dataset)
     test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
+    references = di.reference_metrics(data.train, test)
     runs: dict[str, dict] = {}
     for cell in cells:
         record = _read(root / "cells" / f"{cell.name}.json")
         if not record:
+            continue
+        if cell.kind == "baselines":
+            for name in plan.baselines:
+                metrics = _read(cell.output / name / inference_metrics_file())
+                if metrics:
+                    references[name] = metrics
             continue
         entry = runs.setdefault(cell.info.get("trained", cell.name), {"info": cell.info})
         if cell.kind == "eval":
@@ -290,7 +305,6 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
             entry["train_command"] = record["command"]
             entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
         entry["git_commit"] = record["git_commit"]
-    references = di.reference_metrics(data.train, test)
     return {"model": plan.model_name, "dataset": Path(dataset).name, "eval_records": len(test), "eval_seed": plan.eval_seed,
             "references": references, "runs": runs}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import baselines.train
 import dpo
 import inference
 import reproduce
@@ -22,7 +23,7 @@ import softmax_dpo
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_FUNCTIONS = {"sft.py": sft.train, "dpo.py": dpo.train, "softmax_dpo.py": softmax_dpo.train,
-                   "inference.py": inference.evaluate}
+                   "inference.py": inference.evaluate, "baselines": baselines.train.run}
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,16 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     root, _, stdout = smoke_run
     folder = root / "results" / synthetic_dir.name / "tiny"
     table = (folder / "table.md").read_text()
-    for row in ("| random |", "| popularity |", "| base (untrained) |", "| SFT |", "| DPO |", "| S-DPO (N=3) |"):
+    for row in ("| random |", "| popularity |", "| gru4rec |", "| base (untrained) |", "| SFT |", "| DPO |",
+                "| S-DPO (N=3) |"):
         assert row in table and row in stdout
-    assert "Cells finished: 9 of 9" in table
+    assert "Cells finished: 10 of 10" in table
     assert {"hr1_vs_negatives.png", "hr1_vs_beta.png", "training_curves.png"} <= {p.name for p in folder.glob("*.png")}
     for png in folder.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((folder / "results.json").read_text())
     assert results["eval_records"] == 24 and results["cells_missing"] == []
+    assert results["references"]["gru4rec"]["n"] == 24 and results["references"]["gru4rec"]["epochs"] == 2
     sdpo = results["runs"]["sdpo-n3-b1-s0"]
     assert sdpo["info"] == {"method": "sdpo", "seed": 0, "negatives": 3, "beta": 1.0}
     assert sdpo["config"]["neg_num"] == 3 and sdpo["config"]["beta"] == 1.0  # what the stage itself recorded
@@ -56,7 +59,7 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     assert any("rewards/margins" in entry for entry in sdpo["log_history"])
     # Every row is evaluated on the same prompts: the reference rows' sample.
     csv_lines = (folder / "table.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 6
+    assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 7
     assert all(line.split(",")[2] == "24" for line in csv_lines[1:])
 
 
@@ -72,7 +75,7 @@ def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
     assert set(after) == set(before)
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {"eval-dpo-n1-b1-s0.json"}
-    assert "[5/9] eval-dpo-n1-b1-s0" in result.stderr and "[1/9]" not in result.stderr
+    assert "[6/10] eval-dpo-n1-b1-s0" in result.stderr and "[1/10]" not in result.stderr
 
 
 def _sleep_cells(root: Path, count: int) -> list[reproduce.Cell]:
@@ -122,10 +125,10 @@ def test_every_command_of_a_profile_names_only_flags_its_stage_has(profile, tmp_
     for plan in reproduce.PROFILES[profile]:
         cells = reproduce.plan_cells(plan, "lastfm", tmp_path)
         for cell in cells:
-            script = next(arg for arg in cell.command if arg.endswith(".py"))
+            script = next(arg for arg in cell.command if arg.endswith(".py") or arg == "baselines")
             parameters = set(inspect.signature(STAGE_FUNCTIONS[script]).parameters)
             launcher_flags = set()
-            if plan.launcher and script != "inference.py":
+            if plan.launcher and script not in ("inference.py", "baselines"):
                 launcher_flags = _flag_names(list(plan.launcher))
             assert _flag_names(cell.command[cell.command.index(script):]) <= parameters, (cell.name, script)
             assert _flag_names(cell.command) - launcher_flags <= parameters
