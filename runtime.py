@@ -68,7 +68,9 @@ def record_numbers(split: Sequence[di.Record], records: Sequence[di.Record]) -> 
 
 def check_writable(output_dir: Path) -> None:
     """Fail before any training when `output_dir` cannot be created or written (a probe file is created
-    and removed): one line naming the path, instead of a crash at the first checkpoint."""
+    and removed): one line naming the path, instead of a crash at the first checkpoint. Folders the probe
+    had to create are removed again, so a run stopped by bad input afterwards leaves nothing behind."""
+    missing = next((folder for folder in [output_dir, *output_dir.parents][::-1] if not folder.exists()), None)
     probe = output_dir / ".sdpo-write-probe"
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +78,11 @@ def check_writable(output_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"{output_dir}: cannot write to the output folder ({error.strerror or error})") from None
+    finally:
+        if missing is not None and missing.is_dir():
+            import shutil
+
+            shutil.rmtree(missing, ignore_errors=True)
 
 
 def checkpoint_to_continue(output_dir: Path, resume_training: bool | str) -> Path | None:
