@@ -114,7 +114,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
             preference=dict(full_finetune=True, batch_size=4, max_steps=2, learning_rate=1e-4, eval_step=2,
                             max_eval_samples=8),
             preference_seeds=(0,), negatives=(1, 3), betas=(1.0, 2.0),
-            eval=dict(max_samples=24, batch_size=8), baselines=("gru4rec",), baseline_flags=dict(epochs=2),
+            eval=dict(max_samples=24, batch_size=8), baselines=("gru4rec", "sasrec"), baseline_flags=dict(epochs=2),
         ),
     ],
 }

@@ -158,8 +158,10 @@ def reference_outputs(name: str, train: Sequence[di.Record], test: Sequence[di.R
     return metrics_from_ranks(ranks), prediction_rows(scores, test, ranks)
 
 
-def parse_models(model: str) -> list[str]:
-    names = [name.strip().lower() for name in str(model).split(",") if name.strip()]
+def parse_models(model: str | Sequence[str]) -> list[str]:
+    """`--model`: a name, `all`, or several names (comma-separated; fire passes `a,b` as a tuple)."""
+    parts = model.split(",") if isinstance(model, str) else [str(name) for name in model]
+    names = [name.strip().lower() for name in parts if name.strip()]
     known = (*MODELS, *REFERENCES)
     if not names:
         raise runtime.UsageError(f"--model is empty: use one of {', '.join(known)} or all")

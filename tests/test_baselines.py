@@ -148,3 +148,14 @@ def test_target_outside_candidates_is_one_line(tmp_path: Path, synthetic_dir: Pa
     assert_one_line(run_cli("--dataset", str(synthetic_dir), "--test_file", str(bad), "--model", "caser",
                             "--output_dir", str(tmp_path / "out")),
                     "bad_test.json", "record 2", "trueSelection")
+
+
+def test_model_lists_are_read_as_the_cli_passes_them() -> None:
+    from baselines.train import parse_models
+
+    # fire turns `--model gru4rec,caser` into a tuple; a plain string may hold commas.
+    assert parse_models(("gru4rec", "caser")) == ["gru4rec", "caser"]
+    assert parse_models("SASRec, popularity") == ["sasrec", "popularity"]
+    assert parse_models("all") == ["gru4rec", "caser", "sasrec", "popularity", "random"]
+    with pytest.raises(Exception, match="unknown model 'bert4rec'"):
+        parse_models(("gru4rec", "bert4rec"))

@@ -41,7 +41,7 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     root, _, stdout = smoke_run
     folder = root / "results" / synthetic_dir.name / "tiny"
     table = (folder / "table.md").read_text()
-    for row in ("| random |", "| popularity |", "| gru4rec |", "| base (untrained) |", "| SFT |", "| DPO |",
+    for row in ("| random |", "| popularity |", "| gru4rec |", "| sasrec |", "| base (untrained) |", "| SFT |", "| DPO |",
                 "| S-DPO (N=3) |"):
         assert row in table and row in stdout
     assert "Cells finished: 10 of 10" in table
@@ -59,7 +59,7 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     assert any("rewards/margins" in entry for entry in sdpo["log_history"])
     # Every row is evaluated on the same prompts: the reference rows' sample.
     csv_lines = (folder / "table.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 7
+    assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 8
     assert all(line.split(",")[2] == "24" for line in csv_lines[1:])
 
 
