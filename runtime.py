@@ -315,6 +315,24 @@ def save_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def save_final_checkpoint(trainer, tokenizer, output_dir: Path) -> Path:
+    """Write `output_dir/final_checkpoint` (weights and tokenizer) under a staging name and rename it when
+    whole: a crash or a full disk during the save leaves no partial final checkpoint (and the previous
+    one, when a run is repeated with --overwrite_output_dir, stays until the new one is complete)."""
+    import shutil
+
+    final = Path(output_dir) / FINAL_CHECKPOINT
+    staging = final.with_name(FINAL_CHECKPOINT + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(str(staging))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    return final
+
+
 def save_run_info(output_dir: Path, flags: dict, seconds: float) -> None:
     """Record a finished stage's flags and wall time in `output_dir/run_info.json`."""
     save_json(Path(output_dir) / "run_info.json", {"flags": flags, "seconds": round(seconds, 1)})

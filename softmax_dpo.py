@@ -129,9 +129,7 @@ def train(
     trainer.register_records(train_dataset["prompt_input_ids"], runtime.record_numbers(data.train, train_records),
                              data.files.train)
     trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
-    final = output / runtime.FINAL_CHECKPOINT
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    final = runtime.save_final_checkpoint(trainer, tokenizer, output)
     logger.info("saved the preference-aligned adapter and tokenizer to %s", final)
     runtime.save_json(output / "log_history.json", {"log_history": trainer.state.log_history})
     runtime.save_run_info(output, flags, time.time() - start)

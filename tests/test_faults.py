@@ -285,3 +285,31 @@ def test_kill_9_during_evaluation_then_rerun_gives_the_uninterrupted_files(synth
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{done} of 12 chunks already done" in result.stderr
     assert _evaluation_files(out) == _evaluation_files(tmp_path / "whole")
+
+
+def test_kill_9_during_preference_training_then_resume_gives_the_uninterrupted_adapter(synthetic_dir, sft_final,
+                                                                                          tmp_path):
+    """A real kill -9 at a moment after the first checkpoint, then `--resume_training True`."""
+    command = [sys.executable, "softmax_dpo.py", "--model_name", "tiny", "--dataset", str(synthetic_dir),
+               "--resume_from_checkpoint", sft_final, "--neg_num", "3", "--learning_rate", "1e-3",
+               "--batch_size", "4", "--max_steps", "12", "--eval_step", "3", "--max_eval_samples", "8"]
+    subprocess.run([*command, "--output_dir", str(tmp_path / "whole")], cwd=REPO, check=True, capture_output=True,
+                   timeout=600)
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-3").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.05)  # during step 4 (checkpoint-3 appears only once complete)
+    process.kill()
+    process.wait()
+    assert not (out / runtime.FINAL_CHECKPOINT).exists()
+    result = subprocess.run([*command, "--output_dir", str(out), "--resume_training", "True"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_tensors(_tensors(out / "checkpoint-12"), _tensors(tmp_path / "whole" / "checkpoint-12"))
+    _assert_same_tensors(_tensors(out / runtime.FINAL_CHECKPOINT),
+                         _tensors(tmp_path / "whole" / runtime.FINAL_CHECKPOINT))
+    assert not list(out.glob("*.tmp")) and not list(out.glob("tmp-checkpoint-*"))
