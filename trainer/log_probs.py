@@ -140,15 +140,18 @@ def _packed_completion_logps(
     packed = pack_prompt_with_completions(
         prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
     )
-    attention_mask = packed["attention_mask"]
+    return _packed_forward(model, packed, packed["attention_mask"], completion_input_ids)
+
+
+def _packed_forward(model: nn.Module, packed: dict, attention_mask: torch.Tensor, completion_input_ids: torch.Tensor,
+                    cache=None) -> torch.Tensor:
+    """One model call on packed rows (optionally on top of a KV ``cache``); ``[B, K]`` summed completion log-probs."""
     if _attention_implementation(model) == "eager":
         # Eager attention adds the mask to the scores. A float32 mask is safe whatever the compute dtype (bf16/fp16
         # scores are promoted); sdpa takes the bool mask as-is, which avoids any mask/query dtype mismatch.
-        blocked = torch.finfo(torch.float32).min
         attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill_(
-            ~attention_mask, blocked
+            ~attention_mask, torch.finfo(torch.float32).min
         )
-
     # Logits are needed only where they predict a completion token: at the last prompt position (first token of
     # every completion) and at each completion token that is not its completion's last. Only those M positions go
     # through the LM head; the output is flattened row-major to [M, V].
@@ -158,7 +161,8 @@ def _packed_completion_logps(
         attention_mask=attention_mask,
         position_ids=packed["position_ids"],
         logits_to_keep=keep,
-        use_cache=False,
+        past_key_values=cache,
+        use_cache=cache is not None,
     ).logits.float()  # [M, V]
     return _summed_completion_logps(logits, packed, keep, completion_input_ids)
 
@@ -214,21 +218,9 @@ def completion_logps_after_cache(
     packed["position_ids"] = packed["position_ids"] + prompt_attention_mask.sum(dim=1, keepdim=True) - 1
     sees_cache = prompt_attention_mask[:, None, None, :cached].bool().expand(-1, 1, packed["input_ids"].shape[1], -1)
     attention_mask = torch.cat([sees_cache, packed["attention_mask"]], dim=-1)
-    if _attention_implementation(model) == "eager":
-        attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill_(
-            ~attention_mask, torch.finfo(torch.float32).min
-        )
-    keep = packed["is_prompt_end"] | ((packed["segment"] >= 0) & ~packed["is_last"])
-    logits = model(
-        input_ids=packed["input_ids"],
-        attention_mask=attention_mask,
-        position_ids=packed["position_ids"],
-        past_key_values=cache,
-        logits_to_keep=keep,
-        use_cache=True,
-    ).logits.float()
+    logps = _packed_forward(model, packed, attention_mask, completion_input_ids, cache)
     cache.crop(-packed["input_ids"].shape[1])  # back to the P-1 prompt tokens
-    return _summed_completion_logps(logits, packed, keep, completion_input_ids)
+    return logps
 
 
 def _concat_completion_logps(
