@@ -6,6 +6,7 @@ fire, call `check_*` before anything heavy is loaded, then build data and models
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ import models
 
 logger = logging.getLogger("sdpo")
 FINAL_CHECKPOINT = "final_checkpoint"
+
+
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class UsageError(ValueError):
@@ -43,6 +47,13 @@ def main(function) -> None:
         fire.Fire(function, serialize=lambda result: None)
     except (di.DataError, UsageError, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        # A full disk or a folder that became unwritable mid-run: every write goes through a temporary name,
+        # so nothing half-written is left; say where it failed in one line.
+        print(f"error: {error.filename or 'a write'}: {error.strerror} (nothing half-written was kept)", file=sys.stderr)
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@ output folder is refused up front, and evaluation is deterministic."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -313,3 +314,59 @@ def test_kill_9_during_preference_training_then_resume_gives_the_uninterrupted_a
     _assert_same_tensors(_tensors(out / runtime.FINAL_CHECKPOINT),
                          _tensors(tmp_path / "whole" / runtime.FINAL_CHECKPOINT))
     assert not list(out.glob("*.tmp")) and not list(out.glob("tmp-checkpoint-*"))
+
+
+def test_a_full_disk_mid_run_is_one_line(capsys):
+    def fills_the_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/checkpoint-40/optimizer.pt")
+
+    with pytest.raises(SystemExit) as stop:
+        runtime.main(fills_the_disk)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: /data/out/checkpoint-40/optimizer.pt: No space left on device (nothing half-written was kept)"]
+
+
+def test_sft_killed_with_kill_9_or_crashing_mid_checkpoint_resumes_to_the_same_adapter(synthetic_dir, tmp_path,
+                                                                                        monkeypatch):
+    command = [sys.executable, "sft.py", "--model_name", "tiny", "--dataset", str(synthetic_dir), "--batch_size", "4",
+               "--max_steps", "12", "--eval_step", "3", "--max_eval_samples", "8", "--learning_rate", "3e-3"]
+    subprocess.run([*command, "--output_dir", str(tmp_path / "whole")], cwd=REPO, check=True, capture_output=True,
+                   timeout=600)
+    expected = _tensors(tmp_path / "whole" / "checkpoint-12")
+    # 1. kill -9 at the step after the first checkpoint
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-3").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not (out / runtime.FINAL_CHECKPOINT).exists()
+    subprocess.run([*command, "--output_dir", str(out), "--resume_from_checkpoint", "True"], cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+    _assert_same_tensors(_tensors(out / "checkpoint-12"), expected)
+    # 2. a crash in the middle of writing checkpoint-6 (weights written, optimizer not yet)
+    from transformers import Trainer
+
+    crashed = tmp_path / "crashed"
+    original = Trainer._save_optimizer_and_scheduler
+
+    def dies_at_step_6(self, output_dir):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt("killed while writing a checkpoint")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", dies_at_step_6)
+    run = dict(model_name="tiny", dataset=str(synthetic_dir), batch_size=4, max_steps=12, eval_step=3,
+               max_eval_samples=8, learning_rate=3e-3)
+    with pytest.raises(KeyboardInterrupt):
+        sft.train(output_dir=str(crashed), **run)
+    assert (crashed / "tmp-checkpoint-6").exists() and not (crashed / "checkpoint-6").exists()
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
+    sft.train(output_dir=str(crashed), resume_from_checkpoint=True, **run)
+    sft.train(output_dir=str(tmp_path / "whole_in_process"), **run)  # same process, same thread settings
+    _assert_same_tensors(_tensors(crashed / "checkpoint-12"), _tensors(tmp_path / "whole_in_process" / "checkpoint-12"))
+    assert not list(crashed.glob("tmp-checkpoint-*"))
