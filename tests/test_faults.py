@@ -37,6 +37,18 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+def _kill_9_when(command: list[str], marker: Path, pause: float = 0.0) -> None:
+    """Start `command`, wait until `marker` exists (and `pause` seconds more), then kill -9 it."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(pause)
+    process.kill()
+    process.wait()
+
+
 def _assert_same_tensors(got: dict, expected: dict) -> None:
     assert got.keys() == expected.keys()
     for name in expected:
@@ -271,14 +283,7 @@ def test_kill_9_during_evaluation_then_rerun_gives_the_uninterrupted_files(synth
     subprocess.run([*command, "--output_dir", str(tmp_path / "whole")], cwd=REPO, check=True, capture_output=True,
                    timeout=600)
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / inference.PARTIAL_DIR / "chunk-00002.json").exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
+    _kill_9_when([*command, "--output_dir", str(out)], out / inference.PARTIAL_DIR / "chunk-00002.json")
     assert not (out / inference.METRICS_FILE).exists()
     done = len(list((out / inference.PARTIAL_DIR).glob("chunk-*.json")))
     assert 3 <= done < 12
@@ -297,15 +302,7 @@ def test_kill_9_during_preference_training_then_resume_gives_the_uninterrupted_a
     subprocess.run([*command, "--output_dir", str(tmp_path / "whole")], cwd=REPO, check=True, capture_output=True,
                    timeout=600)
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoint-3").exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(0.05)  # during step 4 (checkpoint-3 appears only once complete)
-    process.kill()
-    process.wait()
+    _kill_9_when([*command, "--output_dir", str(out)], out / "checkpoint-3", 0.05)  # during step 4
     assert not (out / runtime.FINAL_CHECKPOINT).exists()
     result = subprocess.run([*command, "--output_dir", str(out), "--resume_training", "True"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
@@ -336,14 +333,7 @@ def test_sft_killed_with_kill_9_or_crashing_mid_checkpoint_resumes_to_the_same_a
     expected = _tensors(tmp_path / "whole" / "checkpoint-12")
     # 1. kill -9 at the step after the first checkpoint
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoint-3").exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
+    _kill_9_when([*command, "--output_dir", str(out)], out / "checkpoint-3")
     assert not (out / runtime.FINAL_CHECKPOINT).exists()
     subprocess.run([*command, "--output_dir", str(out), "--resume_from_checkpoint", "True"], cwd=REPO, check=True,
                    capture_output=True, timeout=600)
