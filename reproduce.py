@@ -9,7 +9,9 @@ A profile is a list of model plans (`PROFILES` below). Each plan expands into *c
 stage scripts. Cells run one after another in a subprocess; a finished cell leaves a record in
 `<output_root>/cells/<cell>.json` (written atomically after its output is complete), so a rerun skips it
 and a killed run loses at most the cell in progress (which restarts from scratch). A failing cell is
-reported and its dependants are skipped; the other cells go on.
+reported and its dependants are skipped; the other cells go on. `--jobs N` runs cells in N processes at
+once, each pinned to its share of the CPU cores; they claim cells with lock files and wait for the cells
+the next ones need (several harnesses started by hand on one output root cooperate the same way).
 
 At the end (and with `--report_only`) the finished cells are collected into `results/<dataset>/<model>/`:
 `table.md` and `table.csv` (Table 1: mean ± std over seeds), `results.json` (every number with its
@@ -20,6 +22,7 @@ against beta, and DPO vs S-DPO training curves (rewards, margin, chosen log-prob
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import math
@@ -185,7 +188,10 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
     for beta in plan.betas:
         for seed in plan.negatives_seeds:
             runs.setdefault(preference_name(plan.main_negatives, beta, seed), (plan.main_negatives, beta, seed))
-    for name, (negatives, beta, seed) in sorted(runs.items(), key=lambda item: (item[1][2], item[1][0], item[1][1])):
+    table = {preference_name(n, 1.0, seed) for seed in plan.preference_seeds for n in (1, plan.main_negatives)}
+    # Table 1's runs first (seed by seed), then the sweep points: a run cut short still fills the table.
+    order = sorted(runs.items(), key=lambda item: (item[0] not in table, item[1][2], item[1][0], item[1][1]))
+    for name, (negatives, beta, seed) in order:
         out = root / name
         script = "dpo.py" if negatives == 1 else "softmax_dpo.py"
         command = [*train, script, "--model_name", plan.model_name, *data,
@@ -241,27 +247,91 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     return record
 
 
-def run_cells(cells: list[Cell], root: Path) -> list[str]:
-    """Run every unfinished cell in order; returns the names of the cells that failed or were skipped."""
-    records, logs = root / "cells", root / "logs"
+def _claim(locks: Path, name: str) -> int | None:
+    """An exclusive lock on `locks/<name>.lock` (released when the file is closed or the process dies), or
+    None when another process holds it."""
+    locks.mkdir(parents=True, exist_ok=True)
+    handle = os.open(locks / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        return None
+    return handle
+
+
+def run_cells(cells: list[Cell], root: Path, poll_seconds: float = 5.0) -> list[str]:
+    """Run every unfinished cell once the cells it needs have finished; returns the names of the cells that
+    failed or were skipped because a cell they need failed.
+
+    Several harness processes may work on one matrix at once (`--jobs`, or one per machine on a shared
+    disk): a process claims a cell with a lock file before running it, skips cells another process holds,
+    and waits for those its next cells need. A lock dies with its process, so a killed run's cell is free
+    to be claimed again."""
+    records, logs, locks = root / "cells", root / "logs", root / "locks"
+    numbers = {cell.name: number for number, cell in enumerate(cells, 1)}
     failed: set[str] = set()
-    for number, cell in enumerate(cells, 1):
-        if (records / f"{cell.name}.json").exists():
-            continue
-        blocked = [need for need in cell.needs if need in failed]
-        if blocked:
-            logger.warning("skipping %s: %s failed", cell.name, ", ".join(blocked))
-            failed.add(cell.name)
-            continue
-        logger.info("[%d/%d] %s", number, len(cells), cell.name)
-        try:
-            record = run_cell(cell, records, logs)
-        except RuntimeError as error:
-            logger.error("%s", error)
-            failed.add(cell.name)
-            continue
-        logger.info("[%d/%d] %s done in %.0f s", number, len(cells), cell.name, record["wall_seconds"])
-    return sorted(failed)
+
+    def finished(name: str) -> bool:
+        return (records / f"{name}.json").exists()
+
+    while True:
+        waiting = False
+        for cell in cells:
+            if cell.name in failed or finished(cell.name):
+                continue
+            blocked = [need for need in cell.needs if need in failed]
+            if blocked:
+                logger.warning("skipping %s: %s failed", cell.name, ", ".join(blocked))
+                failed.add(cell.name)
+                continue
+            lock = None if not all(finished(need) for need in cell.needs) else _claim(locks, cell.name)
+            if lock is None:  # a cell it needs is not finished yet, or another process runs it
+                waiting = True
+                continue
+            try:
+                if finished(cell.name):  # finished by another process since the check above
+                    continue
+                logger.info("[%d/%d] %s", numbers[cell.name], len(cells), cell.name)
+                try:
+                    record = run_cell(cell, records, logs)
+                except RuntimeError as error:
+                    logger.error("%s", error)
+                    failed.add(cell.name)
+                else:
+                    logger.info("[%d/%d] %s done in %.0f s", numbers[cell.name], len(cells), cell.name,
+                                record["wall_seconds"])
+            finally:
+                os.close(lock)
+            break  # look again from the top: the cell that just ended may have unblocked earlier ones
+        else:
+            if not waiting:
+                return sorted(failed)
+            time.sleep(poll_seconds)
+
+
+def cpu_slices(jobs: int) -> list[list[int]]:
+    """This process's CPUs split into `jobs` contiguous, near-equal groups."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 1 <= jobs <= len(cpus):
+        raise runtime.UsageError(f"--jobs {jobs}: this process may use {len(cpus)} CPU(s); use 1 to {len(cpus)}")
+    size, extra = divmod(len(cpus), jobs)
+    bounds = [i * size + min(i, extra) for i in range(jobs + 1)]
+    return [cpus[bounds[i]:bounds[i + 1]] for i in range(jobs)]
+
+
+def run_in_workers(argv: list[str], jobs: int) -> int:
+    """Run `reproduce.py argv` in `jobs` processes, each pinned to its own CPUs with as many threads (two
+    torch jobs sharing cores slow each other down several times); returns how many of them failed."""
+    workers = []
+    for cpus in cpu_slices(jobs):
+        threads = str(len(cpus))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        logger.info("worker on CPUs %s", ",".join(map(str, cpus)))
+        workers.append(subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, env=env,
+                                        preexec_fn=lambda cpus=cpus: (os.sched_setaffinity(0, cpus),
+                                                                      _die_with_parent())))
+    return sum(worker.wait() != 0 for worker in workers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,7 +550,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
 
 def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = "outputs/reproduce",
               results_dir: str = "results", models: str | None = None, dry_run: bool = False,
-              report_only: bool = False) -> None:
+              report_only: bool = False, jobs: int = 1, report_tables: bool = True) -> None:
     """Run (or print, or only report) a profile's matrix.
 
     Args:
@@ -491,6 +561,9 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         models: comma-separated tags of the profile's models to run (default: all).
         dry_run: print every command and run nothing.
         report_only: write the tables and figures from the cells finished so far, run nothing.
+        jobs: run cells in this many processes at once, each pinned to its share of the CPUs (e.g. 2 on a
+            2-core machine: about half the wall time). Keep 1 where each cell uses every GPU (paper profile).
+        report_tables: write the tables and figures at the end (the workers of `--jobs` leave it to the parent).
     """
     if profile not in PROFILES:
         raise runtime.UsageError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
@@ -505,6 +578,13 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     dataset_name = Path(dataset).name if Path(dataset).is_dir() else dataset
     start = time.time()
     failed: list[str] = []
+    if jobs != 1 and not dry_run and not report_only:
+        runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any worker starts
+        argv = ["--profile", profile, "--dataset", dataset, "--output_root", output_root, "--results_dir",
+                results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False"]
+        if run_in_workers(argv, jobs):
+            failed.append("(see the workers' messages above)")
+        report_only = True  # the workers ran the cells; the tables come from here
     for plan in plans:
         root = Path(output_root) / profile / dataset_name / plan.tag
         cells = plan_cells(plan, dataset, root)
@@ -515,7 +595,8 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         if not report_only:
             runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
             failed += run_cells(cells, root)
-        report(plan, cells, root, dataset, Path(results_dir), profile)
+        if report_tables:
+            report(plan, cells, root, dataset, Path(results_dir), profile)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
     if failed:

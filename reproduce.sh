@@ -11,6 +11,8 @@ source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
 DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads | synthetic | a prepared folder
 MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m)
+JOBS=${JOBS:-1}                    # cells run at once, each pinned to its share of the CPU cores (cpu profile
+                                   # on 2 cores: JOBS=2); keep 1 where every cell uses all GPUs (paper)
 source common.sh
 ensure_dataset "$DATASET"
-"$PYTHON" reproduce.py --profile "$PROFILE" --dataset "$DATASET" ${MODELS:+--models "$MODELS"} "$@"
+"$PYTHON" reproduce.py --profile "$PROFILE" --dataset "$DATASET" ${MODELS:+--models "$MODELS"} --jobs "$JOBS" "$@"

@@ -30,8 +30,9 @@ STAGE_FUNCTIONS = {"sft.py": sft.train, "dpo.py": dpo.train, "softmax_dpo.py": s
 def smoke_run(synthetic_dir, tmp_path_factory):
     """`reproduce.py --profile smoke` on the synthetic data, in a subprocess as a user runs it."""
     root = tmp_path_factory.mktemp("reproduce")
+    jobs = min(2, len(os.sched_getaffinity(0)))  # two workers sharing the matrix where there are two CPUs
     command = [sys.executable, "reproduce.py", "--profile", "smoke", "--dataset", str(synthetic_dir),
-               "--output_root", str(root / "outputs"), "--results_dir", str(root / "results")]
+               "--output_root", str(root / "outputs"), "--results_dir", str(root / "results"), f"--jobs={jobs}"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, command, result.stdout
@@ -114,6 +115,65 @@ def test_a_failing_cell_skips_its_dependants_and_the_rest_goes_on(tmp_path):
     assert reproduce.run_cells([fail, child, other], tmp_path) == ["bad", "child"]
     assert (tmp_path / "cells" / "other.json").exists() and not (tmp_path / "cells" / "bad.json").exists()
     assert "boom: bad flag" in (tmp_path / "logs" / "bad.log").read_text()
+
+
+def _timed_cells(root: Path, needs: dict[str, tuple[str, ...]], seconds: float = 1.0) -> list[reproduce.Cell]:
+    """Cells that append `name start end pid` to root/times.txt around a sleep."""
+    script = ("import os, sys, time; start = time.time(); time.sleep(float(sys.argv[3])); "
+              "open(sys.argv[1], 'a').write(f'{sys.argv[2]} {start} {time.time()} {os.getppid()}\\n')")
+    return [reproduce.Cell(name, "sft", [sys.executable, "-c", script, str(root / "times.txt"), name, str(seconds)],
+                           root / name, needs=need) for name, need in needs.items()]
+
+
+def test_two_harness_processes_share_a_matrix_each_cell_once_and_in_dependency_order(tmp_path):
+    """What `--jobs 2` does: two run_cells processes on one root. Every cell runs exactly once, both
+    processes take cells, and a cell starts only after the cells it needs have finished, even when another
+    process ran them."""
+    needs = {"a": (), "b": (), "c": ("a", "b"), "d": ("c",), "e": (), "f": ("d",)}
+    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+               f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
+               f"sys.exit(len(reproduce.run_cells(t._timed_cells(root, {needs!r}), root, poll_seconds=0.1)))")
+    processes = [subprocess.Popen([sys.executable, "-c", harness], cwd=REPO) for _ in range(2)]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    lines = [line.split() for line in (tmp_path / "times.txt").read_text().splitlines()]
+    assert sorted(name for name, *_ in lines) == sorted(needs)  # each once
+    times = {name: (float(start), float(end)) for name, start, end, _ in lines}
+    for name, required in needs.items():
+        for need in required:
+            assert times[name][0] >= times[need][1], f"{name} started before {need} ended"
+    assert len({pid for *_, pid in lines}) == 2  # both processes ran cells
+    assert sorted(path.name for path in (tmp_path / "cells").glob("*.json")) == [f"{n}.json" for n in sorted(needs)]
+
+
+def test_a_cell_held_by_another_process_is_waited_for_then_not_rerun(tmp_path):
+    cells = _timed_cells(tmp_path, {"a": (), "b": ("a",)}, seconds=0.2)
+    lock = reproduce._claim(tmp_path / "locks", "a")  # another process is running a
+    waiter = subprocess.Popen([sys.executable, "-c", (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+        f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
+        "sys.exit(len(reproduce.run_cells(t._timed_cells(root, {'a': (), 'b': ('a',)}, 0.2), root, 0.1)))")], cwd=REPO)
+    time.sleep(1.5)
+    assert waiter.poll() is None and not (tmp_path / "times.txt").exists()  # neither a nor b started
+    reproduce.run_cell(cells[0], tmp_path / "cells", tmp_path / "logs")  # the holder finishes a
+    os.close(lock)
+    assert waiter.wait(timeout=60) == 0
+    assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b"]
+
+
+def test_table_runs_come_before_the_sweep_points(tmp_path):
+    plan = next(plan for plan in reproduce.PROFILES["cpu"] if plan.tag == "tiny")
+    runs = [cell.name for cell in reproduce.plan_cells(plan, "lastfm", tmp_path) if cell.kind == "preference"]
+    table = [reproduce.preference_name(n, 1.0, seed) for seed in plan.preference_seeds for n in (1, plan.main_negatives)]
+    assert runs[:len(table)] == table and len(runs) > len(table)
+    assert {"sdpo-n15-b1-s0", "sdpo-n3-b5-s0"} <= set(runs[len(table):])
+
+
+def test_cpu_slices_split_this_process_cpus_and_refuse_more_jobs_than_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7, 3, 4, 5, 6})
+    assert reproduce.cpu_slices(2) == [[3, 4, 5], [6, 7]]
+    assert reproduce.cpu_slices(5) == [[3], [4], [5], [6], [7]]
+    with pytest.raises(runtime.UsageError, match="--jobs 6: this process may use 5 CPU"):
+        reproduce.cpu_slices(6)
 
 
 def _flag_names(command: list[str]) -> set[str]:
