@@ -23,7 +23,9 @@ the interpreter, libraries and model); ``step_rss_mb`` is the growth of that pea
 
 Evaluation throughput (prompts/s, greedy, 20 new tokens): ``naive`` = batched ``generate`` in the given order on the
 un-merged PEFT model; ``ours`` = ``inference.generate_outputs`` (batches sorted by prompt length) on the model with
-the LoRA merged, as ``inference.py`` runs it.
+the LoRA merged, as ``inference.py`` runs it. Generation plus ranking of 20 candidates (``--completion_len`` tokens
+each): ``generate_outputs`` then ``score_candidates`` (two passes over each prompt) against ``generate_and_score``
+(one prefill shared by both, ``inference.py``'s default when both are asked for).
 """
 
 from __future__ import annotations
@@ -251,8 +253,10 @@ class _IdTokenizer:
 
     pad_token_id, bos_token_id, eos_token_id = PAD_ID, BOS_ID, EOS_ID
 
-    def __call__(self, text: str, **_):
-        return {"input_ids": [int(t) for t in text.split()]}
+    def __call__(self, text, **_):
+        if isinstance(text, str):
+            return {"input_ids": [int(t) for t in text.split()]}
+        return {"input_ids": [[int(t) for t in one.split()] for one in text]}
 
     def batch_decode(self, ids, skip_special_tokens=True):
         return [" ".join(str(int(t)) for t in row if int(t) not in (PAD_ID, BOS_ID, EOS_ID)) for row in ids]
@@ -308,7 +312,36 @@ def eval_prompts_per_s(args) -> dict:
 
     naive_by_batch = {str(b): prompts_per_s(naive, model, b) for b in args.naive_eval_batch_sizes}
     result = {"naive": naive_by_batch[str(args.naive_eval_batch_sizes[0])], "naive_by_batch": naive_by_batch}
-    result["ours"] = prompts_per_s(ours, model.merge_and_unload(), args.eval_batch_size)
+    merged = model.merge_and_unload()
+    result["ours"] = prompts_per_s(ours, merged, args.eval_batch_size)
+    if "inference" in sys.modules:  # generation + ranking of 20 candidates: two passes vs one shared prefill
+        texts = [" ".join(map(str, p)) for p in prompts]
+        names = [[" ".join(str(int(t)) for t in torch.randint(3, model.config.vocab_size, (args.completion_len - 1,),
+                                                               generator=g)) for _ in range(20)] for _ in prompts]
+
+        def separate(eval_model, prompts, batch_size):
+            count = len(prompts)
+            inference.generate_outputs(eval_model, _IdTokenizer(), texts[:count], batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, progress=False)
+            inference.score_candidates(eval_model, _IdTokenizer(), texts[:count], names[:count], batch_size=batch_size,
+                                       progress=False)
+
+        def shared(eval_model, prompts, batch_size):
+            count = len(prompts)
+            inference.generate_and_score(eval_model, _IdTokenizer(), texts[:count], names[:count],
+                                         batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+
+        # Alternate the two and keep each one's fastest of three rounds, so that load from other jobs on the
+        # machine falls on both alike.
+        separate(merged, prompts[:args.eval_batch_size], args.eval_batch_size)
+        seconds = {"separate": [], "shared": []}
+        for _ in range(3):
+            for name, fn in (("separate", separate), ("shared", shared)):
+                start = time.perf_counter()
+                fn(merged, prompts, args.eval_batch_size)
+                seconds[name].append(time.perf_counter() - start)
+        for name, values in seconds.items():
+            result[f"generate_and_rank_{name}"] = len(prompts) / min(values)
     return result
 
 
@@ -373,6 +406,10 @@ def format_table(results: dict) -> str:
         lines.append(f"eval prompts/s: naive {e['naive']:.2f}, ours {e['ours']:.2f} ({e['ours'] / e['naive']:.2f}x)")
         for batch, rate in e.get("naive_by_batch", {}).items():
             lines.append(f"  naive at batch {batch}: {rate:.2f} prompts/s (ours {e['ours'] / rate:.2f}x)")
+        if "generate_and_rank_shared" in e:
+            separate, shared = e["generate_and_rank_separate"], e["generate_and_rank_shared"]
+            lines.append(f"generation + ranking of 20 candidates, prompts/s: two passes {separate:.2f}, one shared "
+                         f"prefill {shared:.2f} ({shared / separate:.2f}x)")
     if results.get("failed_modes"):
         lines.append("failed modes (see the warnings above): " + ", ".join(results["failed_modes"]))
     return "\n".join(lines)
@@ -437,7 +474,8 @@ def main(argv=None):
             raw[mode] = {**raw[mode], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                          "step_rss_mb": max(r["step_rss_mb"] for r in runs)}
     eval_result = (
-        {"naive": max(r["naive"] for r in rounds["eval"]), "ours": max(r["ours"] for r in rounds["eval"]),
+        {**{key: max(r[key] for r in rounds["eval"]) for key in rounds["eval"][0] if key != "naive_by_batch"
+            and isinstance(rounds["eval"][0][key], float)},
          "naive_by_batch": {b: max(r["naive_by_batch"][b] for r in rounds["eval"])
                             for b in rounds["eval"][0]["naive_by_batch"]}}
         if "eval" in rounds else None

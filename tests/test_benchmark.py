@@ -24,4 +24,7 @@ def test_benchmark_writes_every_mode_and_the_documented_json(tmp_path):
     assert bench["eval_prompts_per_s"]["naive"] == bench["eval_prompts_per_s"]["naive_by_batch"]["2"]
     assert bench["eval_prompts_per_s"]["ours"] > 0 and set(bench["eval_prompts_per_s"]["naive_by_batch"]) == {"2", "4"}
     assert bench["config"]["batch_size"] == 2 and bench["config"]["ns"] == [2]
+    assert bench["eval_prompts_per_s"]["generate_and_rank_separate"] > 0
+    assert bench["eval_prompts_per_s"]["generate_and_rank_shared"] > 0
     assert "concat/shared" in result.stdout and "naive at batch 4" in result.stdout
+    assert "one shared prefill" in result.stdout
