@@ -210,6 +210,13 @@ def test_metrics_divide_by_all_prompts():
     assert metrics == {"hr@1": 0.5, "valid_ratio": 0.75, "n": 4}
 
 
+def test_metrics_of_no_prompts_are_zero_and_of_one_prompt_are_its_own():
+    # No prompts: zeros rather than a division by zero, under the same keys as a non-empty split.
+    assert di.recommendation_metrics([], []) == {"hr@1": 0.0, "valid_ratio": 0.0, "n": 0}
+    # One prompt is counted like any other (the empty-split guard is n == 0, not n <= 1).
+    assert di.recommendation_metrics(["a"], ["a"]) == {"hr@1": 1.0, "valid_ratio": 1.0, "n": 1}
+
+
 def test_the_original_counting_rule_disagrees_only_on_names_inside_longer_names():
     names = ("Muse", "Muse Revival", "Other")
     records = [di.Record(("h",), names, "Muse Revival"), di.Record(("h",), names, "Muse"),

@@ -6,6 +6,7 @@ Most tests use :class:`UnigramLM`, whose next-token distribution is ``softmax(bi
 of a completion is a sum of ``log_softmax(bias)`` entries, so loss, gradient and SGD update have a closed form that
 shares no code with the trainer."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -160,6 +161,17 @@ def test_compute_loss_returns_the_mean_loss_and_both_log_probs(tmp_path):
     torch.testing.assert_close(outputs["policy_logps"].double(), unigram_logps(POLICY_BIAS, ROWS), rtol=0, atol=1e-5)
     torch.testing.assert_close(outputs["ref_logps"].double(), unigram_logps(REFERENCE_BIAS, ROWS), rtol=0, atol=1e-5)
     assert not outputs["policy_logps"].requires_grad
+
+
+def test_reference_log_probs_take_the_policy_dtype(tmp_path):
+    """Reference log-probs handed over in float64 are cast to the policy's float32: the loss and the returned
+    ``ref_logps`` stay float32 (without the cast, type promotion would make both float64)."""
+    trainer, model = unigram_trainer(tmp_path)
+    batch = SoftmaxDPOCollator(PAD)(list(trainer.train_dataset))
+    batch["ref_logps"] = batch["ref_logps"].double()
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert loss.dtype == torch.float32 and outputs["ref_logps"].dtype == torch.float32
+    assert loss.item() == pytest.approx(expected_step(POLICY_BIAS, REFERENCE_BIAS, ROWS, BETA)[0], abs=1e-5)
 
 
 @pytest.mark.parametrize("batch_size, accumulation", [(4, 1), (1, 4), (2, 2)])
@@ -382,7 +394,10 @@ def test_trainer_refuses_a_missing_reference_or_pad_id_and_a_bad_config(tmp_path
 
 def test_no_reference_log_probs_once_training_started_or_for_a_batch_without_them(tmp_path):
     trainer, model = unigram_trainer(tmp_path)
-    with pytest.raises(ValueError, match="has no 'ref_logps' and the model has no reference adapter"):
+    # The whole message, so that it still names both ways out (precompute, or load a reference adapter).
+    message = ("The batch has no 'ref_logps' and the model has no reference adapter: precompute the reference "
+               "log-probs of this dataset (trainer.add_reference_logps) or load a reference adapter.")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         trainer.compute_loss(model, SoftmaxDPOCollator(PAD)(ROWS))  # rows without the precomputed column
     trainer.state.global_step = 1
     with pytest.raises(ValueError, match="after training started without a reference adapter"):
