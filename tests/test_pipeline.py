@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,11 +235,15 @@ def test_sft_resumes_a_killed_run_to_the_same_adapter(synthetic_dir, tmp_path):
     state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert not (tmp_path / "resumed" / "checkpoint-2").exists()  # it started at step 2, not from scratch
-    expected = load_file(f"{whole}/adapter_model.safetensors")
-    got = load_file(f"{resumed}/adapter_model.safetensors")
-    assert expected.keys() == got.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
+    # Step 4's own checkpoint, not only the final adapter: that one is the best by eval loss, which could be
+    # whole/checkpoint-2 for both runs (the resumed run inherits it), and then the equality would prove nothing.
+    for expected_dir, got_dir in ((tmp_path / "whole" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4"),
+                                  (Path(whole), Path(resumed))):
+        expected = load_file(f"{expected_dir}/adapter_model.safetensors")
+        got = load_file(f"{got_dir}/adapter_model.safetensors")
+        assert expected.keys() == got.keys()
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
 
 
 def test_fast_evaluator_gives_the_outputs_of_one_prompt_at_a_time(synthetic_dir):

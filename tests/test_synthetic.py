@@ -131,11 +131,11 @@ def test_returned_stats_equal_file(tmp_path: Path) -> None:
 
 
 def test_invalid_configurations_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"num_genres must be in 1\.\.{len(synthetic.GENRE_POOLS)}, got "):
         synthetic.generate(str(tmp_path), num_genres=len(synthetic.GENRE_POOLS) + 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="items_per_genre"):
         synthetic.generate(str(tmp_path), items_per_genre=200)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="items_per_genre must exceed max_seq_len"):
         synthetic.generate(str(tmp_path), items_per_genre=20)  # a genre could run dry
     assert not any(tmp_path.iterdir())
 
