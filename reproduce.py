@@ -8,7 +8,8 @@ A profile is a list of model plans (`PROFILES` below). Each plan expands into *c
 (SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
 stage scripts. Cells run one after another in a subprocess; a finished cell leaves a record in
 `<output_root>/cells/<cell>.json` (written atomically after its output is complete), so a rerun skips it
-and a killed run loses at most the cell in progress (which restarts from scratch). A failing cell is
+and a killed run loses at most the cell in progress; a training cell continues from its last complete
+checkpoint (when its command is unchanged), an evaluation from its last saved chunk. A failing cell is
 reported and its dependants are skipped; the other cells go on. `--jobs N` runs cells in N processes at
 once, each pinned to its share of the CPU cores; they claim cells with lock files and wait for the cells
 the next ones need (several harnesses started by hand on one output root cooperate the same way).
@@ -227,20 +228,41 @@ def _die_with_parent() -> None:
         pass
 
 
+# A killed training cell continues from its last complete checkpoint instead of starting again.
+RESUME_FLAGS = {"sft": "--resume_from_checkpoint=True", "preference": "--resume_training=True"}
+CELL_COMMAND_FILE = "cell_command.json"  # in a cell's output folder: the command that wrote its checkpoints
+
+
+def command_to_run(cell: Cell) -> list[str]:
+    """The cell's command, plus the stage's continue flag when its output folder holds a complete
+    checkpoint written by this same command (a run that was killed); a changed command starts afresh."""
+    from trainer.checkpoints import checkpoint_problem
+
+    flag = RESUME_FLAGS.get(cell.kind)
+    if flag is None or _read(cell.output / CELL_COMMAND_FILE).get("command") != cell.command:
+        return cell.command
+    if any(checkpoint_problem(folder) is None for folder in cell.output.glob("checkpoint-*")):
+        return [*cell.command, flag]
+    return cell.command
+
+
 def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
-    """Run one cell's command (its output to logs/<cell>.log); returns its record, written atomically."""
+    """Run one cell's command (its output appended to logs/<cell>.log); returns its record, written atomically."""
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{cell.name}.log"
+    command = command_to_run(cell)
+    if cell.kind in RESUME_FLAGS:
+        runtime.save_json(cell.output / CELL_COMMAND_FILE, {"command": cell.command})
     start = time.time()
-    with open(log, "w", encoding="utf-8") as handle:
-        handle.write(" ".join(cell.command) + "\n")
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(" ".join(command) + "\n")
         handle.flush()
-        returncode = subprocess.run(cell.command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+        returncode = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
                                     preexec_fn=_die_with_parent).returncode
     if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"cell {cell.name} failed (exit {returncode}): {tail[0][:300]} [log: {log}]")
-    record = {"name": cell.name, "kind": cell.kind, "command": cell.command, "info": cell.info,
+    record = {"name": cell.name, "kind": cell.kind, "command": command, "info": cell.info,
               "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               "git_commit": git_commit()}
     runtime.save_json(records / f"{cell.name}.json", record)

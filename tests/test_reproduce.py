@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import baselines.train
 import dpo
@@ -158,6 +159,46 @@ def test_a_cell_held_by_another_process_is_waited_for_then_not_rerun(tmp_path):
     os.close(lock)
     assert waiter.wait(timeout=60) == 0
     assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b"]
+
+
+def _checkpoint(folder: Path, damaged: bool = False) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    if damaged:
+        weights = folder / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:10])
+
+
+@pytest.mark.parametrize("kind, flag", [("sft", "--resume_from_checkpoint=True"), ("preference", "--resume_training=True"),
+                                        ("eval", None)])
+def test_a_killed_training_cell_continues_from_its_checkpoint_when_its_command_is_unchanged(tmp_path, kind, flag):
+    script = "import sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + '\\n')"
+
+    def cell(name: str, learning_rate: str) -> reproduce.Cell:
+        return reproduce.Cell(name, kind, [sys.executable, "-c", script, str(tmp_path / f"{name}.argv"),
+                                           f"--learning_rate={learning_rate}"], tmp_path / name)
+
+    def killed(name: str, learning_rate: str, damaged: bool = False) -> None:
+        """What a run killed after its first checkpoint leaves: the command stamp and checkpoint-2."""
+        runtime.save_json(tmp_path / name / reproduce.CELL_COMMAND_FILE, {"command": cell(name, learning_rate).command})
+        _checkpoint(tmp_path / name / "checkpoint-2", damaged)
+
+    killed("same", "1")
+    killed("changed", "1")  # the profile was edited since: its checkpoints are not this command's
+    killed("damaged", "1", damaged=True)
+    cells = [cell("same", "1"), cell("changed", "2"), cell("damaged", "1"), cell("fresh", "1")]
+    assert reproduce.run_cells(cells, tmp_path) == []
+    argv = {c.name: (tmp_path / f"{c.name}.argv").read_text().split() for c in cells}
+    assert argv["same"] == ["--learning_rate=1"] + ([flag] if flag else [])
+    assert argv["changed"] == ["--learning_rate=2"] and argv["damaged"] == argv["fresh"] == ["--learning_rate=1"]
+    record = json.loads((tmp_path / "cells" / "same.json").read_text())
+    assert record["command"][-1] == (flag or "--learning_rate=1")
+    if flag:  # the stamp now names the new command, for the next kill
+        stamp = json.loads((tmp_path / "changed" / reproduce.CELL_COMMAND_FILE).read_text())
+        assert stamp["command"] == cells[1].command
 
 
 def test_table_runs_come_before_the_sweep_points(tmp_path):
