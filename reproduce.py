@@ -8,7 +8,8 @@ A profile is a list of model plans (`PROFILES` below). Each plan expands into *c
 (SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
 stage scripts. Cells run one after another in a subprocess; a finished cell leaves a record in
 `<output_root>/cells/<cell>.json` (written atomically after its output is complete), so a rerun skips it
-and a killed run loses at most the cell in progress; a training cell continues from its last complete
+(unless its command was edited or a cell it needs ran again since: then it runs again, and so do the
+cells made from it) and a killed run loses at most the cell in progress; a training cell continues from its last complete
 checkpoint (when its command is unchanged), an evaluation from its last saved chunk. A failing cell is
 reported and its dependants are skipped; the other cells go on. `--jobs N` runs cells in N processes at
 once, each pinned to its share of the CPU cores; they claim cells with lock files and wait for the cells
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -130,7 +132,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
 
 @dataclass
 class Cell:
-    """One command of the matrix; finished when its record file exists."""
+    """One command of the matrix; finished when its record exists and is current (`current_record`)."""
 
     name: str
     kind: str  # sft | preference | eval
@@ -233,13 +235,40 @@ RESUME_FLAGS = {"sft": "--resume_from_checkpoint=True", "preference": "--resume_
 CELL_COMMAND_FILE = "cell_command.json"  # in a cell's output folder: the command that wrote its checkpoints
 
 
+def _identity(command: list[str]) -> list[str]:
+    """What a command computes: everything but the interpreter's path (a matrix moved to another
+    checkout or virtual environment is still the same matrix)."""
+    return list(command[1:])
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else ""
+
+
+def current_record(cell: Cell, root: Path) -> dict:
+    """The cell's record while it still stands for the cell as planned now, else {}: a record is stale when
+    the cell's command changed (e.g. a profile's flag was edited) or a cell it needs was run again since."""
+    record = _read(root / "cells" / f"{cell.name}.json")
+    if not record:
+        return {}
+    written_by = record.get("cell_command") or [part for part in record["command"]
+                                                if part not in RESUME_FLAGS.values()]
+    if _identity(written_by) != _identity(cell.command):
+        return {}
+    needs = record.get("needs")  # absent from records of older versions: not checked
+    if needs is not None and needs != {need: _digest(root / "cells" / f"{need}.json") for need in cell.needs}:
+        return {}
+    return record
+
+
 def command_to_run(cell: Cell) -> list[str]:
     """The cell's command, plus the stage's continue flag when its output folder holds a complete
     checkpoint written by this same command (a run that was killed); a changed command starts afresh."""
     from trainer.checkpoints import checkpoint_problem
 
     flag = RESUME_FLAGS.get(cell.kind)
-    if flag is None or _read(cell.output / CELL_COMMAND_FILE).get("command") != cell.command:
+    written_by = _read(cell.output / CELL_COMMAND_FILE).get("command")
+    if flag is None or written_by is None or _identity(written_by) != _identity(cell.command):
         return cell.command
     if any(checkpoint_problem(folder) is None for folder in cell.output.glob("checkpoint-*")):
         return [*cell.command, flag]
@@ -251,6 +280,7 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{cell.name}.log"
     command = command_to_run(cell)
+    needs = {need: _digest(records / f"{need}.json") for need in cell.needs}  # the inputs it is made from
     if cell.kind in RESUME_FLAGS:
         runtime.save_json(cell.output / CELL_COMMAND_FILE, {"command": cell.command})
     start = time.time()
@@ -262,7 +292,8 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"cell {cell.name} failed (exit {returncode}): {tail[0][:300]} [log: {log}]")
-    record = {"name": cell.name, "kind": cell.kind, "command": command, "info": cell.info,
+    record = {"name": cell.name, "kind": cell.kind, "command": command, "cell_command": cell.command,
+              "needs": needs, "info": cell.info,
               "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               "git_commit": git_commit()}
     runtime.save_json(records / f"{cell.name}.json", record)
@@ -292,10 +323,14 @@ def run_cells(cells: list[Cell], root: Path, poll_seconds: float = 5.0) -> list[
     to be claimed again."""
     records, logs, locks = root / "cells", root / "logs", root / "locks"
     numbers = {cell.name: number for number, cell in enumerate(cells, 1)}
+    by_name = {cell.name: cell for cell in cells}
     failed: set[str] = set()
+    for cell in cells:
+        if (records / f"{cell.name}.json").exists() and not current_record(cell, root):
+            logger.info("%s will run again: its command or a cell it needs changed since its record", cell.name)
 
     def finished(name: str) -> bool:
-        return (records / f"{name}.json").exists()
+        return bool(current_record(by_name[name], root)) if name in by_name else (records / f"{name}.json").exists()
 
     while True:
         waiting = False
@@ -377,7 +412,7 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     references = di.reference_metrics(data.train, test)
     runs: dict[str, dict] = {}
     for cell in cells:
-        record = _read(root / "cells" / f"{cell.name}.json")
+        record = current_record(cell, root)
         if not record:
             continue
         if cell.kind == "baselines":
@@ -545,7 +580,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     rows = table_rows(plan, collected)
     figures = plot_figures(plan, collected, folder)
     total = sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0) for run in collected["runs"].values())
-    missing = [cell.name for cell in cells if not (root / "cells" / f"{cell.name}.json").exists()]
+    missing = [cell.name for cell in cells if not current_record(cell, root)]
     markdown = "\n".join([
         f"# {plan.model_name} on {dataset} (profile `{profile}`)", "",
         f"Evaluation: {collected['eval_records']} test prompts (seeded random sample across users, seed "

@@ -161,6 +161,25 @@ def test_a_cell_held_by_another_process_is_waited_for_then_not_rerun(tmp_path):
     assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b"]
 
 
+def test_an_edited_cell_runs_again_and_so_do_the_cells_made_from_it(tmp_path):
+    """A finished cell whose command changed since its record (a profile's flag edited) is stale: it runs
+    again, then every cell that needs it; an unrelated cell, or the same command under another Python
+    interpreter path (a moved checkout), is not rerun."""
+    needs = {"a": (), "b": ("a",), "c": ()}
+    assert reproduce.run_cells(_timed_cells(tmp_path, needs, 0.1), tmp_path, 0.1) == []
+    moved = _timed_cells(tmp_path, needs, 0.1)
+    for cell in moved:
+        cell.command[0] = "/elsewhere/venv/bin/python"
+    assert all(reproduce.current_record(cell, tmp_path) for cell in moved)
+    edited = _timed_cells(tmp_path, needs, 0.1)
+    edited[0].command[-1] = "0.2"  # a's flags changed
+    assert not reproduce.current_record(edited[0], tmp_path) and reproduce.current_record(edited[1], tmp_path)
+    assert reproduce.run_cells(edited, tmp_path, 0.1) == []
+    ran = [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()]
+    assert sorted(ran[:3]) == ["a", "b", "c"] and ran[3:] == ["a", "b"]
+    assert all(reproduce.current_record(cell, tmp_path) for cell in edited)
+
+
 def _checkpoint(folder: Path, damaged: bool = False) -> None:
     from safetensors.torch import save_file
 
