@@ -90,6 +90,9 @@ def train(
                                            wandb_name, logging_dir, bf16),
     )
     from trainer import AtomicCheckpoints, StopOnNonFinite
+    from trainer.compact_lm_head import compact_lm_head_on_cpu
+
+    compact_lm_head_on_cpu()  # on a CPU, the LM head projects the completion's positions only (same loss)
 
     class SFTStageTrainer(AtomicCheckpoints, StopOnNonFinite, SFTTrainer):
         """trl's SFTTrainer with whole-or-absent checkpoints, stopping at the first non-finite loss or gradient."""

@@ -11,6 +11,9 @@ LoRA adapter (r=8 on q/k/v/o/gate/up/down) and the same random prompts, does ``-
 * ``sft``: prompt + chosen, next-token loss on the completion only, the standard way (``model(..., labels=...)``,
   logits for every position), as an SFT trainer does it;
 * ``sft_lean``: the same loss through ``completion_logps`` (logits only where a completion token is predicted);
+* ``sft_trl``: the same loss through trl's fused LM head as its ``SFTTrainer`` runs it on a CPU (every position
+  projected, in tiles); ``sft_trl_compact``: the same with ``trainer.compact_lm_head`` (labelled positions only), as
+  ``sft.py`` runs it;
 * ``concat_N``: S-DPO with N negatives, B*(1+N) full prompt+completion sequences, log-softmax at every position
   (the original code's way); ``concat_lean_N`` (largest N only) takes the log-softmax on completion positions only;
 * ``shared_N``: S-DPO with N negatives, each prompt encoded once with its 1+N completions packed after it;
@@ -115,8 +118,9 @@ def make_rows(args, vocab_size: int) -> list[dict]:
 # ---- one step per mode -------------------------------------------------------------------------------------------
 
 
-def sft_step_fn(model, rows, lean: bool):
-    """SFT on prompt + chosen with the loss on completion tokens only."""
+def sft_step_fn(model, rows, lean: bool, fused: bool = False):
+    """SFT on prompt + chosen with the loss on completion tokens only (``fused``: through trl's fused LM head,
+    which the caller added to the model)."""
     import torch
 
     from trainer import SoftmaxDPOCollator, completion_logps
@@ -143,6 +147,8 @@ def sft_step_fn(model, rows, lean: bool):
         labels[b, len(row["prompt_input_ids"]) : len(seq)] = torch.tensor(row["completion_input_ids"][0])
 
     def loss_fn():
+        if fused:
+            return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True).loss
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
     return loss_fn
@@ -203,7 +209,16 @@ def run_mode(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = attach_lora(build_model(args.model_name, args.seed), args.seed)
+    base = build_model(args.model_name, args.seed)
+    if args.mode.startswith("sft_trl"):
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # as trl's SFTTrainer adds it
+        if args.mode == "sft_trl_compact":
+            from trainer.compact_lm_head import compact_lm_head_on_cpu
+
+            compact_lm_head_on_cpu()
+    model = attach_lora(base, args.seed)
     rows = make_rows(args, model.config.vocab_size)
     mode, _, n = args.mode.rpartition("_") if args.mode[-1].isdigit() else (args.mode, "", "")
     if mode == "shared_ref":
@@ -214,6 +229,8 @@ def run_mode(args) -> dict:
     model.train()
     if mode in ("sft", "sft_lean"):
         loss_fn = sft_step_fn(model, rows, lean=mode == "sft_lean")
+    elif mode.startswith("sft_trl"):
+        loss_fn = sft_step_fn(model, rows, lean=False, fused=True)
     else:
         forward = mode if mode in ("concat", "concat_lean") else "shared"
         loss_fn = sdpo_step_fn(model, rows, int(n), forward, "reference" if mode == "shared_ref" else None)
@@ -383,6 +400,8 @@ def format_table(results: dict) -> str:
     lines = [
         f"SFT step (labels, all logits): {sft:.3f} s   SFT lean (completion logits only): "
         f"{results['sft_lean_s']:.3f} s",
+        f"SFT step through trl's fused LM head: every position {results['sft_trl_s']:.3f} s, labelled positions "
+        f"only (sft.py) {results['sft_trl_compact_s']:.3f} s ({results['sft_trl_s'] / results['sft_trl_compact_s']:.2f}x)",
         f"{'N':>3} | {'concat s':>9} {'x SFT':>6} | {'shared s':>9} {'x SFT':>6} | {'concat/shared':>13} | "
         f"{'shared+ref s':>12} {'x SFT':>6}",
     ]
@@ -449,7 +468,7 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     concat_ns = args.ns if args.concat_ns is None else args.concat_ns
-    modes = (["sft", "sft_lean"] + [f"shared_{n}" for n in args.ns] + [f"concat_{n}" for n in concat_ns]
+    modes = (["sft", "sft_lean", "sft_trl", "sft_trl_compact"] + [f"shared_{n}" for n in args.ns] + [f"concat_{n}" for n in concat_ns]
              + [f"concat_lean_{n}" for n in concat_ns if n == max(concat_ns)]
              + ([] if args.no_ref_adapter else [f"shared_ref_{n}" for n in args.ns])
              + (["eval"] if args.eval_prompts else []))
@@ -463,7 +482,7 @@ def main(argv=None):
                 rounds[mode].append(result)
     failed = sorted(mode for mode, runs in rounds.items() if not runs)
     rounds = {mode: runs for mode, runs in rounds.items() if runs}
-    for required in ("sft", "sft_lean"):
+    for required in ("sft", "sft_lean", "sft_trl", "sft_trl_compact"):
         if required not in rounds:
             raise SystemExit(f"error: mode {required} failed; see the warnings above")
     concat_ns = [n for n in concat_ns if f"concat_{n}" in rounds]
@@ -485,6 +504,8 @@ def main(argv=None):
     results = {
         "sft_s": raw["sft"]["median_s"],
         "sft_lean_s": raw["sft_lean"]["median_s"],
+        "sft_trl_s": raw["sft_trl"]["median_s"],
+        "sft_trl_compact_s": raw["sft_trl_compact"]["median_s"],
         "concat_s": {str(n): raw[f"concat_{n}"]["median_s"] for n in concat_ns},
         "concat_lean_s": {m.rpartition("_")[2]: r["median_s"] for m, r in raw.items() if m.startswith("concat_lean")},
         "shared_s": {str(n): raw[f"shared_{n}"]["median_s"] for n in ns},

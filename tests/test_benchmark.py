@@ -17,7 +17,7 @@ def test_benchmark_writes_every_mode_and_the_documented_json(tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads(out.read_text())
-    assert bench["sft_s"] > 0
+    assert bench["sft_s"] > 0 and bench["sft_trl_s"] > 0 and bench["sft_trl_compact_s"] > 0
     for mode in ("concat_s", "shared_s", "shared_ref_s"):
         assert set(bench[mode]) == {"2"} and all(v > 0 for v in bench[mode].values())
     assert set(bench["peak_rss_mb"]) == {"sft", "concat_2", "shared_2"}
@@ -27,4 +27,4 @@ def test_benchmark_writes_every_mode_and_the_documented_json(tmp_path):
     assert bench["eval_prompts_per_s"]["generate_and_rank_separate"] > 0
     assert bench["eval_prompts_per_s"]["generate_and_rank_shared"] > 0
     assert "concat/shared" in result.stdout and "naive at batch 4" in result.stdout
-    assert "one shared prefill" in result.stdout
+    assert "one shared prefill" in result.stdout and "labelled positions only (sft.py)" in result.stdout
