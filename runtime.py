@@ -34,6 +34,9 @@ def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "urllib3", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns at import, on some CPUs, that its optional hub-downloaded kernels are missing; the
+    # project never downloads code at run time, and the warning would break the one-line error contract.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(function) -> None:

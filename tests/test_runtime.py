@@ -23,9 +23,13 @@ def test_wandb_only_when_a_project_is_given_and_offline_by_default(monkeypatch, 
     assert env["WANDB_MODE"] == "online"  # an explicit choice is respected
 
 
-def test_cpu_training_is_fp32_without_checkpointing():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_cpu_training_uses_bf16_only_where_the_cpu_has_it_and_never_checkpoints(monkeypatch, native_bf16):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native_bf16)
     arguments = runtime.device_training_arguments()
-    assert arguments["bf16"] is False and arguments["gradient_checkpointing"] is False
+    assert arguments["bf16"] is native_bf16 and arguments["gradient_checkpointing"] is False
+    assert runtime.device_training_arguments(bf16=False)["bf16"] is False  # --bf16 False turns it off
+    assert runtime.device_training_arguments(bf16=True)["bf16"] is True
 
 
 def test_output_dir_with_a_finished_run_needs_the_overwrite_flag(tmp_path):
