@@ -82,8 +82,8 @@ PROFILES: dict[str, list[ModelPlan]] = {
     "cpu": [
         ModelPlan(
             model_name="tiny", tag="tiny",
-            sft=dict(full_finetune=True, batch_size=32, num_train_epochs=1, max_steps=-1, learning_rate=3e-3,
-                     eval_step=0.25, max_eval_samples=256),
+            sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=3e-3,
+                     eval_step=0.125, max_eval_samples=512),
             preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=1e-4, eval_step=150,
                             max_eval_samples=256),
             negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
