@@ -273,12 +273,13 @@ def format_items(names: Sequence[str], quoted: bool = True) -> str:
     return ", ".join(f'"{name}"' if quoted else name for name in names)
 
 
-def build_prompt(record: Record, templates: Sequence[str], seed: int = 0) -> str:
-    """Fill one template with the record; the template is chosen by a hash of the record and the seed.
+def build_prompt(record: Record, templates: Sequence[str], seed: int = 0, template_of: Record | None = None) -> str:
+    """Fill one template with the record; the template is chosen by a hash of the record and the seed
+    (of `template_of` instead, when given: an edited record keeps its original's template).
 
     Items are quoted unless `templates` is a `Templates` read from an original-format file.
     """
-    template = templates[_stable_int("template", seed, record.key) % len(templates)]
+    template = templates[_stable_int("template", seed, (template_of or record).key) % len(templates)]
     quoted = getattr(templates, "quote_items", True)
     return template.replace(HISTORY_PLACEHOLDER, format_items(record.history, quoted)).replace(
         CANDIDATES_PLACEHOLDER, format_items(record.candidates, quoted)
