@@ -530,7 +530,7 @@ def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="S-DPO / DPO")
         for x, mean, count in zip(xs, means, seeds):
             ax.annotate(f"{count} seed{'s' if count > 1 else ''}", (x, mean), textcoords="offset points",
-                        xytext=(4, -12), fontsize=7)
+                        xytext=(0, -12), ha="center", fontsize=7)  # centred: the last label stays inside
         if sft:
             ax.axhline(sum(sft) / len(sft), color="gray", linestyle="--", label="SFT")
         ax.axhline(references["popularity"]["rank_hr@1"], color="tab:red", linestyle=":", label="popularity")
