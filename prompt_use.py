@@ -21,7 +21,6 @@ own history, and with the history of another record of the sample (same candidat
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import random
 import time
@@ -30,7 +29,6 @@ from typing import Callable, Sequence
 import data_interface as di
 import runtime
 
-logger = logging.getLogger("sdpo.prompt_use")
 METRICS_FILE = "metrics.json"
 Scorer = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
 
@@ -55,7 +53,8 @@ def prompt_use_metrics(score: Scorer, records: Sequence[di.Record], templates: S
                   candidates)
 
     def hr1(scores: list[list[float]]) -> float:
-        return sum(di.rank_of_target(s, r.candidates, r.target) == 1 for s, r in zip(scores, records)) / len(records)
+        return di.ranking_metrics([di.rank_of_target(s, r.candidates, r.target) for s, r in zip(scores, records)])[
+            "rank_hr@1"]
 
     shifts = [abs(a - b) for own_row, other_row in zip(own, other) for a, b in zip(own_row, other_row)]
     return {
