@@ -84,8 +84,11 @@ PROFILES: dict[str, list[ModelPlan]] = {
             model_name="tiny", tag="tiny",
             sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=3e-3,
                      eval_step=0.125, max_eval_samples=512),
-            preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=1e-4, eval_step=150,
+            # 600 steps of 16 at lr 5e-4: at 150 steps of lr 1e-4 S-DPO and DPO were within the seed spread
+            # (docs/measurements.md, "Longer preference probe"); 5 seeds because the gaps are ~1 standard error.
+            preference=dict(full_finetune=True, batch_size=16, max_steps=600, learning_rate=5e-4, eval_step=600,
                             max_eval_samples=256),
+            preference_seeds=(0, 1, 2, 3, 4), main_negatives=15,
             negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
             eval=dict(generation=False, batch_size=64),  # the whole test split (14,062 prompts on LastFM)
         ),

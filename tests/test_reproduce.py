@@ -225,7 +225,9 @@ def test_table_runs_come_before_the_sweep_points(tmp_path):
     runs = [cell.name for cell in reproduce.plan_cells(plan, "lastfm", tmp_path) if cell.kind == "preference"]
     table = [reproduce.preference_name(n, 1.0, seed) for seed in plan.preference_seeds for n in (1, plan.main_negatives)]
     assert runs[:len(table)] == table and len(runs) > len(table)
-    assert {"sdpo-n15-b1-s0", "sdpo-n3-b5-s0"} <= set(runs[len(table):])
+    sweep = {reproduce.preference_name(n, 1.0, 0) for n in plan.negatives if n not in (1, plan.main_negatives)}
+    sweep |= {reproduce.preference_name(plan.main_negatives, beta, 0) for beta in plan.betas if beta != 1.0}
+    assert sweep and set(runs[len(table):]) == sweep  # each sweep point once, none repeating a Table 1 run
 
 
 def test_cpu_slices_split_this_process_cpus_and_refuse_more_jobs_than_cpus(monkeypatch):
