@@ -413,6 +413,9 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     data = runtime.load_stage_data(("train", "test"), dataset)
     test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
     references = di.reference_metrics(data.train, test)
+    popularity = di.popularity_scores(data.train, test)
+    hits = {"popularity": [int(di.rank_of_target(values, record.candidates, record.target) == 1)
+                           for values, record in zip(popularity, test)]}
     runs: dict[str, dict] = {}
     for cell in cells:
         record = current_record(cell, root)
@@ -427,6 +430,9 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
         entry = runs.setdefault(cell.info.get("trained", cell.name), {"info": cell.info})
         if cell.kind == "eval":
             entry["metrics"] = _read(cell.output / inference_metrics_file())
+            ranks = prompt_ranks(cell.output)
+            if ranks:
+                hits[cell.info.get("trained", cell.name)] = [int(rank == 1) for rank in ranks]
             entry["eval_seconds"] = record["wall_seconds"]
             entry["eval_command"] = record["command"]
         else:
@@ -436,13 +442,72 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
             entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
         entry["git_commit"] = record["git_commit"]
     return {"model": plan.model_name, "dataset": Path(dataset).name, "eval_records": len(test), "eval_seed": plan.eval_seed,
-            "references": references, "runs": runs}
+            "references": references, "runs": runs, "hits": hits}
 
 
 def inference_metrics_file() -> str:
     import inference
 
     return inference.METRICS_FILE
+
+
+def prompt_ranks(folder: Path) -> list[int]:
+    """The target's rank at every prompt of an evaluation (predictions.jsonl, in the sample's order); [] if
+    it has no ranking."""
+    import inference
+
+    path = folder / inference.PREDICTIONS_FILE
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row["target_rank"] for row in rows] if rows and all("target_rank" in row for row in rows) else []
+
+
+def method_runs(plan: ModelPlan) -> dict[str, list[str]]:
+    """Table 1's trained rows and the runs (one per seed) each one averages."""
+    return {
+        "base (untrained)": ["base"],
+        "SFT": [f"sft-s{s}" for s in plan.sft_seeds],
+        "DPO": [preference_name(1, 1.0, s) for s in plan.preference_seeds],
+        f"S-DPO (N={plan.main_negatives})": [preference_name(plan.main_negatives, 1.0, s) for s in plan.preference_seeds],
+    }
+
+
+def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
+    """Rank HR@1 differences between the rows of Table 1 that the paper orders, on the same prompts.
+
+    For "A − B": `per_seed` lists A's run minus B's run at each seed both have (B's single run where it has
+    one, e.g. SFT or popularity); `ahead` counts the seeds where A is higher; `prompt_se` is the standard error
+    of the mean per-prompt difference of A's and B's first runs (paired over prompts): how much the
+    difference would move with another sample of test prompts, which the spread over seeds does not show.
+    """
+    sdpo = f"S-DPO (N={plan.main_negatives})"
+    groups = {**method_runs(plan), "popularity": ["popularity"]}
+    hits = collected["hits"]
+    comparisons = []
+    for a, b in ((sdpo, "DPO"), ("DPO", "SFT"), (sdpo, "SFT"), ("SFT", "base (untrained)"), (sdpo, "popularity")):
+        runs_a = [name for name in groups[a] if name in hits]
+        runs_b = [name for name in groups[b] if name in hits]
+        if not runs_a or not runs_b:
+            continue
+        pairs = list(zip(runs_a, runs_b)) if len(runs_b) > 1 else [(name, runs_b[0]) for name in runs_a]
+        per_seed = [(sum(hits[x]) - sum(hits[y])) / len(hits[x]) for x, y in pairs]
+        first = [x - y for x, y in zip(hits[pairs[0][0]], hits[pairs[0][1]])]
+        mean, std = _mean_std(per_seed)
+        comparisons.append({"comparison": f"{a} − {b}", "mean": mean, "std": std, "per_seed": per_seed,
+                            "ahead": sum(d > 0 for d in per_seed), "runs": len(pairs), "n": len(first),
+                            "prompt_se": _mean_std([float(d) for d in first])[1] / math.sqrt(len(first))})
+    return comparisons
+
+
+def format_differences(comparisons: list[dict]) -> str:
+    lines = ["| A − B (rank HR@1) | difference: mean ± std over seeds | seeds with A > B | prompt SE | n |",
+             "|---|---|---|---|---|"]
+    for c in comparisons:
+        spread = f" ± {c['std']:.4f}" if c["runs"] > 1 else ""
+        lines.append(f"| {c['comparison']} | {c['mean']:+.4f}{spread} | {c['ahead']} of {c['runs']} | "
+                     f"{c['prompt_se']:.4f} | {c['n']} |")
+    return "\n".join(lines)
 
 
 def table_rows(plan: ModelPlan, collected: dict) -> list[dict]:
@@ -452,13 +517,7 @@ def table_rows(plan: ModelPlan, collected: dict) -> list[dict]:
         rows.append({"method": name, "seeds": "-", "n": metrics["n"],
                      **{key: (metrics[key], 0.0) for key, _ in COLUMNS if key in metrics}})
     runs = collected["runs"]
-    groups = {
-        "base (untrained)": ["base"],
-        "SFT": [f"sft-s{s}" for s in plan.sft_seeds],
-        "DPO": [preference_name(1, 1.0, s) for s in plan.preference_seeds],
-        f"S-DPO (N={plan.main_negatives})": [preference_name(plan.main_negatives, 1.0, s) for s in plan.preference_seeds],
-    }
-    for method, names in groups.items():
+    for method, names in method_runs(plan).items():
         found = [runs[name]["metrics"] for name in names if runs.get(name, {}).get("metrics")]
         if not found:
             continue
@@ -581,6 +640,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     folder = results_dir / dataset / plan.tag
     folder.mkdir(parents=True, exist_ok=True)
     rows = table_rows(plan, collected)
+    differences = paired_differences(plan, collected)
     figures = plot_figures(plan, collected, folder)
     total = sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0) for run in collected["runs"].values())
     missing = [cell.name for cell in cells if not current_record(cell, root)]
@@ -591,13 +651,18 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
         "Generation columns: greedy output names exactly one candidate (valid) and it is the target (HR@1).",
         "Ranking columns: the 20 candidates ranked by log p(name + EOS | prompt).", "",
         format_markdown(rows), "",
+        *(["Paired differences (the same prompts; A's run minus B's at each seed). Prompt SE: the standard error "
+           "of the per-prompt difference of the first seed's runs, i.e. the noise of the prompt sample; "
+           "a gap is established only where it exceeds both the spread over seeds and this.", "",
+           format_differences(differences), ""] if differences else []),
         f"Cells finished: {len(cells) - len(missing)} of {len(cells)}"
         + (f" (missing: {', '.join(missing)})" if missing else "") + f"; their wall time: {total / 60:.1f} min.",
         *[f"![{name}]({name})" for name in figures], "",
     ])
     (folder / "table.md").write_text(markdown, encoding="utf-8")
     write_csv(rows, folder / "table.csv")
-    payload = {"profile": profile, **{k: v for k, v in collected.items()}, "table": rows, "figures": figures,
+    payload = {"profile": profile, **{k: v for k, v in collected.items() if k != "hits"}, "table": rows,
+               "paired_differences": differences, "figures": figures,
                "cells_missing": missing, "wall_seconds_of_cells": round(total, 1), "report_commit": git_commit()}
     runtime.save_json(folder / "results.json", payload)
     print(markdown)

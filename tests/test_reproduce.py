@@ -59,6 +59,12 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     assert sdpo["metrics"]["n"] == 24 and 0 <= sdpo["metrics"]["rank_hr@1"] <= 1
     assert sdpo["train_seconds"] > 0 and len(sdpo["git_commit"]) >= 7
     assert any("rewards/margins" in entry for entry in sdpo["log_history"])
+    differences = {c["comparison"]: c for c in results["paired_differences"]}
+    assert set(differences) == {"S-DPO (N=3) − DPO", "DPO − SFT", "S-DPO (N=3) − SFT", "SFT − base (untrained)",
+                                "S-DPO (N=3) − popularity"} and "| S-DPO (N=3) − DPO |" in table
+    dpo_hr = results["runs"]["dpo-n1-b1-s0"]["metrics"]["rank_hr@1"]
+    assert differences["S-DPO (N=3) − DPO"]["mean"] == pytest.approx(sdpo["metrics"]["rank_hr@1"] - dpo_hr)
+    assert "hits" not in results  # per-prompt data stays out of results.json
     # Every row is evaluated on the same prompts: the reference rows' sample.
     csv_lines = (folder / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 8
@@ -218,6 +224,24 @@ def test_a_killed_training_cell_continues_from_its_checkpoint_when_its_command_i
     if flag:  # the stamp now names the new command, for the next kill
         stamp = json.loads((tmp_path / "changed" / reproduce.CELL_COMMAND_FILE).read_text())
         assert stamp["command"] == cells[1].command
+
+
+def test_paired_differences_pair_seeds_and_take_the_standard_error_over_prompts():
+    plan = reproduce.ModelPlan(model_name="tiny", tag="tiny", sft={}, preference={}, preference_seeds=(0, 1, 2),
+                               main_negatives=15)
+    hits = {"popularity": [1, 0, 0, 0], "sft-s0": [1, 0, 0, 0],
+            "dpo-n1-b1-s0": [1, 1, 0, 0], "dpo-n1-b1-s1": [1, 0, 0, 0], "dpo-n1-b1-s2": [1, 1, 0, 0],
+            "sdpo-n15-b1-s0": [1, 1, 1, 0], "sdpo-n15-b1-s1": [1, 1, 0, 0], "sdpo-n15-b1-s2": [0, 1, 0, 0]}
+    found = {c["comparison"]: c for c in reproduce.paired_differences(plan, {"hits": hits})}
+    assert set(found) == {"S-DPO (N=15) − DPO", "DPO − SFT", "S-DPO (N=15) − SFT", "S-DPO (N=15) − popularity"}
+    versus_dpo = found["S-DPO (N=15) − DPO"]  # seed by seed: +1/4, +1/4, -1/4
+    assert versus_dpo["per_seed"] == [0.25, 0.25, -0.25] and versus_dpo["ahead"] == 2 and versus_dpo["runs"] == 3
+    assert versus_dpo["mean"] == pytest.approx(0.25 / 3)
+    # Seed 0's per-prompt differences are (0, 0, 1, 0): std 0.5, over sqrt(4) prompts.
+    assert versus_dpo["prompt_se"] == pytest.approx(0.25) and versus_dpo["n"] == 4
+    versus_sft = found["DPO − SFT"]  # SFT's single run is paired with every DPO seed
+    assert versus_sft["per_seed"] == [0.25, 0.0, 0.25] and versus_sft["ahead"] == 2
+    assert "S-DPO (N=15) − DPO" in reproduce.format_differences(list(found.values()))
 
 
 def test_table_runs_come_before_the_sweep_points(tmp_path):
