@@ -609,23 +609,29 @@ def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
-    curves = {label: collected["runs"].get(preference_name(n, 1.0, plan.preference_seeds[0]), {}).get("log_history")
+    curves = {label: [collected["runs"].get(preference_name(n, 1.0, seed), {}).get("log_history")
+                      for seed in plan.preference_seeds]
               for label, n in (("DPO", 1), (f"S-DPO N={plan.main_negatives}", plan.main_negatives))}
-    curves = {label: history for label, history in curves.items() if history}
+    curves = {label: [history for history in histories if history] for label, histories in curves.items()}
+    curves = {label: histories for label, histories in curves.items() if histories}
     if curves:
         keys = (("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward (mean)"),
                 ("rewards/margins", "margin"), ("logps/chosen", "log p(chosen)"))
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
         for ax, (key, title) in zip(axes, keys):
-            for label, history in curves.items():
-                steps = [entry["step"] for entry in history if key in entry and "eval_loss" not in entry]
-                values = [entry[key] for entry in history if key in entry and "eval_loss" not in entry]
-                ax.plot(steps, values, label=label)
+            for color, (label, histories) in zip(("tab:blue", "tab:orange"), curves.items()):
+                series = [{entry["step"]: entry[key] for entry in history if key in entry and "eval_loss" not in entry}
+                          for history in histories]
+                for values in series:  # one thin line per seed: a seed that drifts stays visible
+                    ax.plot(list(values), list(values.values()), color=color, alpha=0.25, linewidth=0.7)
+                steps = sorted(set.intersection(*(set(values) for values in series)))
+                ax.plot(steps, [sum(values[step] for values in series) / len(series) for step in steps], color=color,
+                        label=f"{label} (mean of {len(series)} seed{'s' if len(series) > 1 else ''})")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"training curves, {collected['model']} on {collected['dataset']} (seed "
-                     f"{plan.preference_seeds[0]}, beta 1)", fontsize=9)
+        fig.suptitle(f"training curves (training batches), {collected['model']} on {collected['dataset']}, beta 1",
+                     fontsize=9)
         fig.tight_layout()
         fig.savefig(folder / "training_curves.png", dpi=120)
         plt.close(fig)
