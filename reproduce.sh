@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's experiments as one resumable matrix (the matrix itself is in reproduce.py):
-#   bash reproduce.sh                                   # profile cpu on LastFM: about 2 hours on 2 cores
+#   bash reproduce.sh                                   # profile cpu on LastFM: about 2.5 hours on 2 cores
 #   PROFILE=paper bash reproduce.sh                     # Llama-2-7B, 4-bit + LoRA, 4 GPUs (torchrun)
 #   PROFILE=paper bash reproduce.sh --dry_run           # print the paper's commands, run nothing
 #   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far
@@ -11,8 +11,10 @@ source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
 DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads | synthetic | a prepared folder
 MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m)
-JOBS=${JOBS:-1}                    # cells run at once, each pinned to its share of the CPU cores (cpu profile
-                                   # on 2 cores: JOBS=2); keep 1 where every cell uses all GPUs (paper)
+CPUS=$(nproc)
+DEFAULT_JOBS=1                     # cells run at once, each pinned to its share of the CPU cores: 2 for the cpu
+[[ $PROFILE == cpu && $CPUS -ge 2 ]] && DEFAULT_JOBS=2  # profile on 2+ cores; 1 where every cell uses all GPUs
+JOBS=${JOBS:-$DEFAULT_JOBS}
 source common.sh
 ensure_dataset "$DATASET"
 "$PYTHON" reproduce.py --profile "$PROFILE" --dataset "$DATASET" ${MODELS:+--models "$MODELS"} --jobs "$JOBS" "$@"
