@@ -546,7 +546,11 @@ def reference_metrics(train_records: Sequence[Record], records: Sequence[Record]
     expectation) and `popularity` (candidates ranked by how often each is a true next item in training)."""
     popularity = recommendation_metrics(popularity_predictions(train_records, records),
                                         [record.target for record in records])
-    scores = popularity_scores(train_records, records)
-    popularity.update(ranking_metrics([rank_of_target(values, record.candidates, record.target)
-                                       for values, record in zip(scores, records)]))
+    popularity.update(ranking_metrics(popularity_ranks(train_records, records)))
     return {"random": random_choice_metrics(records), "popularity": popularity}
+
+
+def popularity_ranks(train_records: Sequence[Record], records: Sequence[Record]) -> list[int]:
+    """The target's rank at each record when its candidates are ordered by popularity (`popularity_scores`)."""
+    scores = popularity_scores(train_records, records)
+    return [rank_of_target(values, record.candidates, record.target) for values, record in zip(scores, records)]

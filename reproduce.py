@@ -85,7 +85,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
             sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=3e-3,
                      eval_step=0.125, max_eval_samples=512),
             # 600 steps of 16 at lr 5e-4: at 150 steps of lr 1e-4 S-DPO and DPO were within the seed spread
-            # (docs/measurements.md, "Longer preference probe"); 5 seeds because the gaps are ~1 standard error.
+            # (docs/measurements.md, "A stronger preference stage"); 5 seeds because the gaps are ~1 standard error.
             preference=dict(full_finetune=True, batch_size=16, max_steps=600, learning_rate=5e-4, eval_step=600,
                             max_eval_samples=256),
             preference_seeds=(0, 1, 2, 3, 4), main_negatives=15,
@@ -413,9 +413,7 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     data = runtime.load_stage_data(("train", "test"), dataset)
     test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
     references = di.reference_metrics(data.train, test)
-    popularity = di.popularity_scores(data.train, test)
-    hits = {"popularity": [int(di.rank_of_target(values, record.candidates, record.target) == 1)
-                           for values, record in zip(popularity, test)]}
+    hits = {"popularity": [int(rank == 1) for rank in di.popularity_ranks(data.train, test)]}
     runs: dict[str, dict] = {}
     for cell in cells:
         record = current_record(cell, root)
@@ -496,7 +494,7 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
         mean, std = _mean_std(per_seed)
         comparisons.append({"comparison": f"{a} − {b}", "mean": mean, "std": std, "per_seed": per_seed,
                             "ahead": sum(d > 0 for d in per_seed), "runs": len(pairs), "n": len(first),
-                            "prompt_se": _mean_std([float(d) for d in first])[1] / math.sqrt(len(first))})
+                            "prompt_se": _mean_std(first)[1] / math.sqrt(len(first))})
     return comparisons
 
 
@@ -609,11 +607,12 @@ def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
-    curves = {label: [collected["runs"].get(preference_name(n, 1.0, seed), {}).get("log_history")
-                      for seed in plan.preference_seeds]
-              for label, n in (("DPO", 1), (f"S-DPO N={plan.main_negatives}", plan.main_negatives))}
-    curves = {label: [history for history in histories if history] for label, histories in curves.items()}
-    curves = {label: histories for label, histories in curves.items() if histories}
+    curves = {}  # label -> the log histories of its Table 1 runs, one per seed
+    for label, n in (("DPO", 1), (f"S-DPO N={plan.main_negatives}", plan.main_negatives)):
+        histories = [history for seed in plan.preference_seeds
+                     if (history := collected["runs"].get(preference_name(n, 1.0, seed), {}).get("log_history"))]
+        if histories:
+            curves[label] = histories
     if curves:
         keys = (("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward (mean)"),
                 ("rewards/margins", "margin"), ("logps/chosen", "log p(chosen)"))

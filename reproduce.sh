@@ -11,9 +11,8 @@ source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
 DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads | synthetic | a prepared folder
 MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m)
-CPUS=$(nproc)
 DEFAULT_JOBS=1                     # cells run at once, each pinned to its share of the CPU cores: 2 for the cpu
-[[ $PROFILE == cpu && $CPUS -ge 2 ]] && DEFAULT_JOBS=2  # profile on 2+ cores; 1 where every cell uses all GPUs
+[[ $PROFILE == cpu && $(nproc) -ge 2 ]] && DEFAULT_JOBS=2  # profile on 2+ cores; 1 where every cell uses all GPUs
 JOBS=${JOBS:-$DEFAULT_JOBS}
 source common.sh
 ensure_dataset "$DATASET"
