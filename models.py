@@ -193,12 +193,14 @@ def _save_atomically(model, tokenizer, folder: Path) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists():  # another process finished first
-        import shutil
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+        import shutil  # another process (e.g. a second torchrun rank) finished first: keep its copy
 
         shutil.rmtree(tmp)
-        return
-    tmp.rename(folder)
 
 
 # ----------------------------------------------------------------------------------------------

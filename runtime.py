@@ -68,8 +68,14 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, finished_marker: s
             f"{output_dir}: holds a finished run ({finished_marker} exists); "
             "pass --overwrite_output_dir to replace it or choose another --output_dir"
         )
-    check_writable(output_dir)
+    if is_main_process():  # under torchrun one process probes; several would race on the probe and its folders
+        check_writable(output_dir)
     return output_dir
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and in the global rank 0 of a torchrun/accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def record_numbers(split: Sequence[di.Record], records: Sequence[di.Record]) -> list[int]:
@@ -337,16 +343,20 @@ def save_final_checkpoint(trainer, tokenizer, output_dir: Path) -> Path:
 
     final = Path(output_dir) / FINAL_CHECKPOINT
     staging = final.with_name(FINAL_CHECKPOINT + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # no process writes into the staging folder before it is emptied
     trainer.save_model(str(staging))
     if trainer.args.should_save:
         tokenizer.save_pretrained(str(staging))
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
+    trainer.accelerator.wait_for_everyone()  # every process returns with the final checkpoint in place
     return final
 
 
 def save_run_info(output_dir: Path, flags: dict, seconds: float) -> None:
-    """Record a finished stage's flags and wall time in `output_dir/run_info.json`."""
-    save_json(Path(output_dir) / "run_info.json", {"flags": flags, "seconds": round(seconds, 1)})
+    """Record a finished stage's flags and wall time in `output_dir/run_info.json` (main process only)."""
+    if is_main_process():
+        save_json(Path(output_dir) / "run_info.json", {"flags": flags, "seconds": round(seconds, 1)})

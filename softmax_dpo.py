@@ -131,7 +131,8 @@ def train(
     trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
     final = runtime.save_final_checkpoint(trainer, tokenizer, output)
     logger.info("saved the preference-aligned adapter and tokenizer to %s", final)
-    runtime.save_json(output / "log_history.json", {"log_history": trainer.state.log_history})
+    if trainer.args.should_save:
+        runtime.save_json(output / "log_history.json", {"log_history": trainer.state.log_history})
     runtime.save_run_info(output, flags, time.time() - start)
     return str(final)
 

@@ -216,6 +216,17 @@ def test_an_unwritable_output_folder_is_refused_before_training(synthetic_dir, t
     assert blocker.read_text() == "not a folder"
 
 
+def test_only_the_main_process_probes_the_output_folder(tmp_path, monkeypatch):
+    """Under torchrun the ranks would race on the probe file and on removing the folders it created."""
+    monkeypatch.setenv("RANK", "1")
+    runtime.check_output_dir(tmp_path / "a" / "b", False, runtime.FINAL_CHECKPOINT)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(runtime.UsageError, match="cannot write"):
+        runtime.check_output_dir(tmp_path / "a_file" / "out", False, runtime.FINAL_CHECKPOINT)
+
+
 def test_the_same_evaluation_twice_gives_identical_files(synthetic_dir, sft_final, tmp_path):
     outputs = []
     for name in ("first", "second"):

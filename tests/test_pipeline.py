@@ -276,6 +276,9 @@ def test_sft_and_sdpo_run_data_parallel_with_two_processes(synthetic_dir, tmp_pa
         assert (tmp_path / stage / runtime.FINAL_CHECKPOINT / "adapter_model.safetensors").exists()
         last = max((tmp_path / stage).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
         assert json.loads((last / "trainer_state.json").read_text())["global_step"] == int(FAST["MAX_STEPS"])
+        for checkpoint in (tmp_path / stage).glob("checkpoint-*"):  # renamed only after both ranks wrote into it
+            assert {"rng_state_0.pth", "rng_state_1.pth"} <= {path.name for path in checkpoint.iterdir()}
+        assert not list((tmp_path / stage).glob("tmp-*")) and not list((tmp_path / stage).glob("*.tmp"))
 
 
 @pytest.mark.parametrize("merged", [True, False], ids=["merged", "adapter"])

@@ -58,6 +58,9 @@ class AtomicCheckpoints:
         final, staging = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{step}", run_dir / f"{STAGING_PREFIX}-{step}"
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
+        # Under DDP every process writes its RNG state into the staging folder: none may start before it is
+        # emptied, and the main process renames it only once all have written.
+        self.accelerator.wait_for_everyone()
         # The parent names the folder from this module-level prefix; point it at the staging name.
         hf_trainer.PREFIX_CHECKPOINT_DIR = STAGING_PREFIX
         try:
@@ -68,6 +71,7 @@ class AtomicCheckpoints:
         best_step = self.state.best_global_step
         if best_step and (best_step == step or (run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best_step}").exists()):
             self.state.best_model_checkpoint = str(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             self.state.save_to_json(str(staging / "trainer_state.json"))
             if final.exists():
