@@ -96,7 +96,7 @@ PROFILES: dict[str, list[ModelPlan]] = {
             model_name="smollm2-135m", tag="smollm2-135m",
             sft=dict(batch_size=8, max_steps=40, learning_rate=3e-4, eval_step=40, max_eval_samples=32),
             preference=dict(batch_size=4, max_steps=30, learning_rate=1e-4, eval_step=30, max_eval_samples=32),
-            preference_seeds=(0,), negatives=(1, 3), betas=(1.0,),
+            preference_seeds=(0, 1, 2), negatives=(1, 3), betas=(1.0,),  # 3 seeds: the spread of its rows
             eval=dict(max_samples=500, batch_size=16),
         ),
     ],
