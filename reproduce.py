@@ -168,6 +168,13 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
             command += ["--resume_from_checkpoint", str(checkpoint / runtime.FINAL_CHECKPOINT)]
         return Cell(f"eval-{name}", "eval", command, root / "eval" / name, needs, {**info, "trained": name})
 
+    # SFT first: every other model cell waits for it, so a second worker takes the independent cells meanwhile.
+    for sft_seed in plan.sft_seeds:
+        name = f"sft-s{sft_seed}"
+        out = root / name
+        command = [*train, "sft.py", "--model_name", plan.model_name, *data, "--output_dir", str(out),
+                   "--overwrite_output_dir", f"--seed={sft_seed}", *_flags(plan.sft)]
+        cells.append(Cell(name, "sft", command, out, (), {"method": "sft", "seed": sft_seed}))
     cells.append(evaluation("base", None, (), {"method": "base"}))
     if plan.baselines:  # conventional recommenders, ranked over the same candidates of the same test prompts
         out = root / "baselines"
@@ -177,11 +184,7 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         cells.append(Cell("baselines", "baselines", command, out, (), {"method": "baselines"}))
     for sft_seed in plan.sft_seeds:
         name = f"sft-s{sft_seed}"
-        out = root / name
-        command = [*train, "sft.py", "--model_name", plan.model_name, *data, "--output_dir", str(out),
-                   "--overwrite_output_dir", f"--seed={sft_seed}", *_flags(plan.sft)]
-        cells.append(Cell(name, "sft", command, out, (), {"method": "sft", "seed": sft_seed}))
-        cells.append(evaluation(name, out, (name,), {"method": "sft", "seed": sft_seed}))
+        cells.append(evaluation(name, root / name, (name,), {"method": "sft", "seed": sft_seed}))
 
     sft_out = root / f"sft-s{plan.sft_seeds[0]}"
     runs: dict[str, tuple[int, float, int]] = {}

@@ -254,6 +254,14 @@ def test_table_runs_come_before_the_sweep_points(tmp_path):
     assert sweep and set(runs[len(table):]) == sweep  # each sweep point once, none repeating a Table 1 run
 
 
+def test_sft_is_claimed_first_so_a_second_worker_runs_the_independent_cells_meanwhile(tmp_path):
+    for plan in reproduce.PROFILES["cpu"]:
+        cells = reproduce.plan_cells(plan, "lastfm", tmp_path)
+        assert cells[0].kind == "sft" and not cells[0].needs
+        independent = [cell.name for cell in cells if not cell.needs]
+        assert {"eval-base", "baselines"} <= set(independent) and independent[0] == cells[0].name
+
+
 def test_cpu_slices_split_this_process_cpus_and_refuse_more_jobs_than_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7, 3, 4, 5, 6})
     assert reproduce.cpu_slices(2) == [[3, 4, 5], [6, 7]]
