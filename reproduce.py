@@ -1,6 +1,6 @@
 """The paper's experiments as one resumable matrix: Table 1, the negatives and beta sweeps, training curves.
 
-    bash reproduce.sh                                   # profile cpu on LastFM (about 2.5 hours on 2 cores)
+    bash reproduce.sh                                   # profile cpu on LastFM (about 2.2 hours on 2 cores)
     python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
     python reproduce.py --profile paper --dry_run       # print the paper-scale commands (4 GPUs)
 
@@ -687,7 +687,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     """Run (or print, or only report) a profile's matrix.
 
     Args:
-        profile: `cpu` (2-core CPU, about 2.5 hours with --jobs 2), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        profile: `cpu` (2-core CPU, about 2.2 hours with --jobs 2), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
         results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).
