@@ -1,6 +1,6 @@
 """The paper's experiments as one resumable matrix: Table 1, the negatives and beta sweeps, training curves.
 
-    bash reproduce.sh                                   # profile cpu on LastFM (about 2.2 hours on 2 cores)
+    bash reproduce.sh                                   # profile cpu on LastFM (about 2 hours on 2 cores)
     python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
     python reproduce.py --profile paper --dry_run       # print the paper-scale commands (4 GPUs)
 
@@ -143,6 +143,7 @@ class Cell:
     output: Path  # the stage's output_dir
     needs: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)  # method, seed, negatives, beta, ... for the report
+    root: Path | None = None  # the matrix folder of its records, logs and locks (None: run_cells' root)
 
 
 def _flags(values: dict) -> list[str]:
@@ -211,6 +212,8 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         info = {"method": "dpo" if negatives == 1 else "sdpo", "seed": seed, "negatives": negatives, "beta": beta}
         cells.append(Cell(name, "preference", command, out, (sft_out.name,), info))
         cells.append(evaluation(name, out, (name,), info))
+    for cell in cells:
+        cell.root = root
     return cells
 
 
@@ -319,57 +322,74 @@ def _claim(locks: Path, name: str) -> int | None:
     return handle
 
 
-def run_cells(cells: list[Cell], root: Path, poll_seconds: float = 5.0) -> list[str]:
+def run_cells(cells: list[Cell], root: Path | None = None, poll_seconds: float = 5.0) -> list[str]:
     """Run every unfinished cell once the cells it needs have finished; returns the names of the cells that
     failed or were skipped because a cell they need failed.
 
-    Several harness processes may work on one matrix at once (`--jobs`, or one per machine on a shared
-    disk): a process claims a cell with a lock file before running it, skips cells another process holds,
-    and waits for those its next cells need. A lock dies with its process, so a killed run's cell is free
-    to be claimed again."""
-    records, logs, locks = root / "cells", root / "logs", root / "locks"
-    numbers = {cell.name: number for number, cell in enumerate(cells, 1)}
-    by_name = {cell.name: cell for cell in cells}
-    failed: set[str] = set()
+    A cell's records, logs and locks live under its own `root` (or this `root`), so one call can run several
+    matrices (e.g. every model of a profile): a cell waiting for its matrix's SFT does not keep a worker from
+    the next matrix's cells. Several harness processes may work on one matrix at once (`--jobs`, or one per
+    machine on a shared disk): a process claims a cell with a lock file before running it, skips cells another
+    process holds, and waits for those its next cells need. A lock dies with its process, so a killed run's
+    cell is free to be claimed again."""
+
+    def home(cell: Cell) -> Path:
+        return cell.root or root
+
+    def key(cell: Cell) -> tuple[Path, str]:
+        return home(cell), cell.name
+
+    numbers = {key(cell): number for number, cell in enumerate(cells, 1)}
+    by_key = {key(cell): cell for cell in cells}
+    several = len({home(cell) for cell in cells}) > 1
+    failed: set[tuple[Path, str]] = set()
     for cell in cells:
-        if (records / f"{cell.name}.json").exists() and not current_record(cell, root):
+        if (home(cell) / "cells" / f"{cell.name}.json").exists() and not current_record(cell, home(cell)):
             logger.info("%s will run again: its command or a cell it needs changed since its record", cell.name)
 
-    def finished(name: str) -> bool:
-        return bool(current_record(by_name[name], root)) if name in by_name else (records / f"{name}.json").exists()
+    def label(cell_key: tuple[Path, str]) -> str:
+        return f"{cell_key[0].name}/{cell_key[1]}" if several else cell_key[1]
+
+    def finished(cell_key: tuple[Path, str]) -> bool:
+        folder, name = cell_key
+        if cell_key in by_key:
+            return bool(current_record(by_key[cell_key], folder))
+        return (folder / "cells" / f"{name}.json").exists()
 
     while True:
         waiting = False
         for cell in cells:
-            if cell.name in failed or finished(cell.name):
+            folder = home(cell)
+            if key(cell) in failed or finished(key(cell)):
                 continue
-            blocked = [need for need in cell.needs if need in failed]
+            blocked = [need for need in cell.needs if (folder, need) in failed]
             if blocked:
-                logger.warning("skipping %s: %s failed", cell.name, ", ".join(blocked))
-                failed.add(cell.name)
+                logger.warning("skipping %s: %s failed", label(key(cell)), ", ".join(blocked))
+                failed.add(key(cell))
                 continue
-            lock = None if not all(finished(need) for need in cell.needs) else _claim(locks, cell.name)
+            ready = all(finished((folder, need)) for need in cell.needs)
+            lock = _claim(folder / "locks", cell.name) if ready else None
             if lock is None:  # a cell it needs is not finished yet, or another process runs it
                 waiting = True
                 continue
             try:
-                if finished(cell.name):  # finished by another process since the check above
+                if finished(key(cell)):  # finished by another process since the check above
                     continue
-                logger.info("[%d/%d] %s", numbers[cell.name], len(cells), cell.name)
+                logger.info("[%d/%d] %s", numbers[key(cell)], len(cells), label(key(cell)))
                 try:
-                    record = run_cell(cell, records, logs)
+                    record = run_cell(cell, folder / "cells", folder / "logs")
                 except RuntimeError as error:
                     logger.error("%s", error)
-                    failed.add(cell.name)
+                    failed.add(key(cell))
                 else:
-                    logger.info("[%d/%d] %s done in %.0f s", numbers[cell.name], len(cells), cell.name,
+                    logger.info("[%d/%d] %s done in %.0f s", numbers[key(cell)], len(cells), label(key(cell)),
                                 record["wall_seconds"])
             finally:
                 os.close(lock)
             break  # look again from the top: the cell that just ended may have unblocked earlier ones
         else:
             if not waiting:
-                return sorted(failed)
+                return sorted(label(cell_key) for cell_key in failed)
             time.sleep(poll_seconds)
 
 
@@ -687,7 +707,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     """Run (or print, or only report) a profile's matrix.
 
     Args:
-        profile: `cpu` (2-core CPU, about 2.2 hours with --jobs 2), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        profile: `cpu` (2-core CPU, about 2 hours with --jobs 2), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
         results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).
@@ -718,18 +738,20 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         if run_in_workers(argv, jobs):
             failed.append("(see the workers' messages above)")
         report_only = True  # the workers ran the cells; the tables come from here
-    for plan in plans:
-        root = Path(output_root) / profile / dataset_name / plan.tag
-        cells = plan_cells(plan, dataset, root)
-        if dry_run:
+    matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
+                for plan in plans]
+    if dry_run:
+        for _, cells in matrices:
             for cell in cells:
                 print(" ".join(cell.command))
-            continue
-        if not report_only:
-            runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
-            failed += run_cells(cells, root)
-        if report_tables:
-            report(plan, cells, root, dataset, Path(results_dir), profile)
+    elif not report_only:
+        runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
+        # Every model's cells in one queue, in plan order: a free worker moves on to the next model's cells
+        # while the cells left in the first wait for its SFT.
+        failed += run_cells([cell for _, cells in matrices for cell in cells])
+    if report_tables and not dry_run:
+        for plan, cells in matrices:
+            report(plan, cells, cells[0].root, dataset, Path(results_dir), profile)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
     if failed:

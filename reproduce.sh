@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's experiments as one resumable matrix (the matrix itself is in reproduce.py):
-#   bash reproduce.sh                                   # profile cpu on LastFM: about 2.2 hours on 2 cores
+#   bash reproduce.sh                                   # profile cpu on LastFM: about 2 hours on 2 cores
 #   PROFILE=paper bash reproduce.sh                     # Llama-2-7B, 4-bit + LoRA, 4 GPUs (torchrun)
 #   PROFILE=paper bash reproduce.sh --dry_run           # print the paper's commands, run nothing
 #   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far

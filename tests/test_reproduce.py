@@ -152,6 +152,45 @@ def test_two_harness_processes_share_a_matrix_each_cell_once_and_in_dependency_o
     assert sorted(path.name for path in (tmp_path / "cells").glob("*.json")) == [f"{n}.json" for n in sorted(needs)]
 
 
+def _two_matrices(tmp_path: Path) -> list[reproduce.Cell]:
+    """Two models' matrices with the same cell names: model a's SFT is long, model b's cells are short."""
+    cells = []
+    for tag in ("a", "b"):
+        root = tmp_path / tag
+        sft = _timed_cells(root, {"sft": ()}, 4.0 if tag == "a" else 0.2)
+        for cell in sft + _timed_cells(root, {"eval-sft": ("sft",), "eval-base": ()}, 0.2):
+            cell.root = root
+            cells.append(cell)
+    return cells
+
+
+def test_workers_take_the_next_models_cells_while_the_first_waits_for_its_sft(tmp_path):
+    """What `--jobs 2` over several models does: one queue, records per model, no idle worker while the
+    first model's SFT runs."""
+    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+               f"from pathlib import Path; sys.exit(len(reproduce.run_cells(t._two_matrices(Path({str(tmp_path)!r})), "
+               "poll_seconds=0.1)))")
+    processes = [subprocess.Popen([sys.executable, "-c", harness], cwd=REPO) for _ in range(2)]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    for tag in ("a", "b"):
+        lines = [line.split() for line in (tmp_path / tag / "times.txt").read_text().splitlines()]
+        assert sorted(name for name, *_ in lines) == ["eval-base", "eval-sft", "sft"]  # each once, in its matrix
+        assert sorted(path.name for path in (tmp_path / tag / "cells").glob("*.json")) == [
+            "eval-base.json", "eval-sft.json", "sft.json"]
+        if tag == "a":
+            sft_a = {name: (float(start), float(end)) for name, start, end, _ in lines}["sft"]
+    started_b = [float(start) for _, start, _, _ in
+                 (line.split() for line in (tmp_path / "b" / "times.txt").read_text().splitlines())]
+    assert max(started_b) < sft_a[1]  # model b ran entirely while model a's SFT was running
+
+
+def test_a_failure_in_one_matrix_skips_only_its_own_dependants(tmp_path):
+    cells = _two_matrices(tmp_path)
+    cells[0].command = [sys.executable, "-c", "raise SystemExit(1)"]  # model a's SFT fails
+    assert reproduce.run_cells(cells, poll_seconds=0.1) == ["a/eval-sft", "a/sft"]
+    assert (tmp_path / "b" / "cells" / "eval-sft.json").exists() and (tmp_path / "a" / "cells" / "eval-base.json").exists()
+
+
 def test_a_cell_held_by_another_process_is_waited_for_then_not_rerun(tmp_path):
     cells = _timed_cells(tmp_path, {"a": (), "b": ("a",)}, seconds=0.2)
     lock = reproduce._claim(tmp_path / "locks", "a")  # another process is running a
