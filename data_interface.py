@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ PROMPT_ROOT = REPO_ROOT / "prompts"
 HISTORY_SEPARATOR = "::"
 HISTORY_PLACEHOLDER = "[HistoryHere]"
 CANDIDATES_PLACEHOLDER = "[CansHere]"
+_PLACEHOLDER_PATTERN = re.compile(f"{re.escape(HISTORY_PLACEHOLDER)}|{re.escape(CANDIDATES_PLACEHOLDER)}")
 TEMPLATE_SEPARATOR = "---"
 REAL_DATASETS = ("lastfm", "movielens", "goodreads", "lastfm-sdpo")  # lastfm-sdpo: the original release's split
 SYNTHETIC_DATASET = "synthetic"
@@ -281,9 +283,10 @@ def build_prompt(record: Record, templates: Sequence[str], seed: int = 0, templa
     """
     template = templates[_stable_int("template", seed, (template_of or record).key) % len(templates)]
     quoted = getattr(templates, "quote_items", True)
-    return template.replace(HISTORY_PLACEHOLDER, format_items(record.history, quoted)).replace(
-        CANDIDATES_PLACEHOLDER, format_items(record.candidates, quoted)
-    )
+    values = {HISTORY_PLACEHOLDER: format_items(record.history, quoted),
+              CANDIDATES_PLACEHOLDER: format_items(record.candidates, quoted)}
+    # One pass over the template: an item named like a placeholder is never filled in itself.
+    return _PLACEHOLDER_PATTERN.sub(lambda match: values[match.group(0)], template)
 
 
 def completion_text(name: str) -> str:

@@ -86,6 +86,15 @@ def test_original_prompt_files_read_one_template_per_line_with_plain_joined_item
     assert ours.quote_items is True and '"Muse", "Blur", "Oasis"' in di.build_prompt(rec, ours)
 
 
+def test_an_item_named_like_a_placeholder_is_not_filled_in():
+    """Found by the round-trip property: the history held an item called "[CansHere]"."""
+    rec = di.Record(("G", "[CansHere]"), ("G", "[HistoryHere]", "B"), "G")
+    assert di.build_prompt(rec, ["Heard [HistoryHere]. Pick from [CansHere]:"]) == (
+        'Heard "G", "[CansHere]". Pick from "G", "[HistoryHere]", "B":')
+    prompt = di.build_prompt(rec, di.load_templates(di.PROMPT_ROOT / "music.txt"))
+    assert prompt.count('"[CansHere]"') == 1 and prompt.count('"[HistoryHere]"') == 1
+
+
 def test_prompt_format_detection_on_generated_files(tmp_path):
     """Property: k >= 2 one-line templates, whatever blank lines surround them, are read in the original
     format; the same templates joined by '---' lines, or a single one-line template, in this project's;
