@@ -4,7 +4,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if [ "${NPROC:-1}" -gt 1 ]; then
+# NPROC: processes (one per GPU); empty = one per visible GPU (CUDA_VISIBLE_DEVICES counts), 1 without CUDA.
+# SDPO_DEVICE: auto (CUDA when torch can use it) | cuda | cpu (ask for the CPU, e.g. 2 gloo processes on a CPU).
+export SDPO_DEVICE=${SDPO_DEVICE:-auto}
+if [ -z "${NPROC:-}" ]; then
+    NPROC=$("$PYTHON" -c 'import hardware; print(hardware.default_process_count())')
+fi
+if [ "$NPROC" -gt 1 ]; then
     LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")  # one machine, free port
 else
     LAUNCH=("$PYTHON")

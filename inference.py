@@ -14,6 +14,10 @@ completion log-prob function the S-DPO trainer optimises (the prompt encoded onc
 packed after it); the target's rank gives HR@1/3/5/10, NDCG@5/10 and MRR (`rank_*` keys). Ranking
 needs no valid output, so it shows what a model learned even before it names items reliably.
 
+Under torchrun (`torchrun --nproc_per_node 4 inference.py ...`, or NPROC=4 bash inference.sh) every process
+evaluates every 4th chunk of prompts on its own GPU and the main process writes the same `predictions.jsonl`
+and `metrics.json` as one process would (`processes` in metrics.json says how many shared the work).
+
 `--max_samples N` evaluates a seeded random sample of N prompts across the split (the same for every
 method with the same seed), never the first N. Writes `predictions.jsonl` (one line per prompt) and
 `metrics.json` to `output_dir`.
@@ -25,7 +29,9 @@ LoRA adapter is merged into the weights before generating when the base is not q
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -237,8 +243,6 @@ class EvaluationChunks:
         runtime.save_json(self._path(number), {"seconds": seconds, "rows": rows})
 
     def load_all(self, count: int) -> tuple[list[dict], float]:
-        import json
-
         rows, seconds = [], 0.0
         for number in range(count):
             chunk = json.loads(self._path(number).read_text(encoding="utf-8"))
@@ -255,7 +259,6 @@ class EvaluationChunks:
 def open_chunks(folder: Path, flags: dict, checkpoint: str | None) -> EvaluationChunks:
     """The chunk store of this evaluation; chunks left by a run with other flags or another checkpoint
     state are discarded (never mixed into this run's metrics)."""
-    import json
     import shutil
 
     identity = {key: value for key, value in flags.items() if key not in ("overwrite_output_dir",)}
@@ -277,6 +280,34 @@ def open_chunks(folder: Path, flags: dict, checkpoint: str | None) -> Evaluation
     return EvaluationChunks(folder)
 
 
+class Processes:
+    """The processes of this evaluation: one, or those of a torchrun launch (one per GPU), which split the
+    chunks between them and meet at barriers."""
+
+    def __init__(self):
+        import hardware
+
+        self.count = hardware.world_size()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        if self.count > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                on_cuda = models.compute_device() == "cuda"
+                if on_cuda:
+                    import torch
+
+                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+                dist.init_process_group("nccl" if on_cuda else "gloo")
+
+    def wait(self) -> None:
+        if self.count > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.StageData, seed: int,
                         load_in_4bit: bool | str = "auto", double_quant: bool = False):
     """Base model plus (optionally) a frozen adapter, merged for speed when the base is not quantized.
@@ -285,7 +316,10 @@ def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.S
     """
     base = runtime.base_model_path(base_model, checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, checkpoint))
-    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=double_quant, for_training=False)
+    # A model trained in full (the tiny one, or its untrained start) is evaluated with fp32 weights on every device.
+    full_precision = runtime.is_full_model(checkpoint) or (checkpoint is None and base_model == models.TINY)
+    model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=double_quant, for_training=False,
+                                   full_precision=full_precision)
     if checkpoint and not runtime.is_full_model(checkpoint):
         model = models.load_adapter(model, checkpoint, trainable=False)
         if not getattr(model, "is_loaded_in_4bit", False) and models.compute_device() == "cpu":
@@ -328,12 +362,20 @@ def evaluate(
     runtime.check_checkpoint(resume_from_checkpoint)
     data = runtime.load_stage_data(("test",), dataset, None, None, test_file, prompt_path)
     records = di.sample_records(data.test, max_samples, seed)
-    chunks = open_chunks(output / PARTIAL_DIR, flags, resume_from_checkpoint)
+    processes = Processes()
+    if processes.main:  # one process checks (and may discard) the chunks of an earlier run
+        chunks = open_chunks(output / PARTIAL_DIR, flags, resume_from_checkpoint)
+    processes.wait()
+    chunks = EvaluationChunks(output / PARTIAL_DIR)
     starts = range(0, len(records), chunk_size)
-    todo = [(number, start) for number, start in enumerate(starts) if not chunks.done(number)]
-    if len(todo) < len(starts):
-        logger.info("continuing an interrupted evaluation: %d of %d chunks already done", len(starts) - len(todo),
-                    len(starts))
+    # Under torchrun every process takes every `count`-th chunk; the main process gathers the chunk files.
+    todo = [(number, start) for number, start in enumerate(starts)
+            if number % processes.count == processes.rank and not chunks.done(number)]
+    share = len(starts[processes.rank::processes.count])
+    if processes.count > 1:
+        logger.info("process %d of %d: %d of %d chunks", processes.rank, processes.count, share, len(starts))
+    if len(todo) < share:
+        logger.info("continuing an interrupted evaluation: %d chunks of this process already done", share - len(todo))
     if todo:
         model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
                                                bnb_4bit_use_double_quant)
@@ -346,18 +388,23 @@ def evaluate(
         for row in rows:
             row["index"] += start
         chunks.save(number, rows, time.time() - begin)
+    processes.wait()
+    if not processes.main:
+        processes.wait()  # returns once the main process has written the files
+        return json.loads((output / METRICS_FILE).read_text(encoding="utf-8"))
     rows, seconds = chunks.load_all(len(starts))
     metrics = metrics_of_rows(rows, records, generation, ranking)
-    metrics["seconds"] = round(seconds, 2)
+    metrics["seconds"] = round(seconds, 2)  # summed over chunks: the compute time of all processes
+    metrics["processes"] = processes.count
     metrics["checkpoint"] = resume_from_checkpoint
     metrics["bf16"] = runtime.use_bf16(bf16)
-    import json
 
     tmp = output / (PREDICTIONS_FILE + ".tmp")
     tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(output / PREDICTIONS_FILE)
     runtime.save_json(output / METRICS_FILE, metrics)
     chunks.remove()
+    processes.wait()
     shown = [f"{label} {metrics[key]:.4f}" for label, key in
              (("HR@1", "hr@1"), ("ValidRatio", "valid_ratio"), ("rank HR@1", "rank_hr@1"), ("NDCG@5", "rank_ndcg@5"))
              if key in metrics]

@@ -8,6 +8,7 @@ DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodre
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; base = the model untrained
+NPROC=${NPROC:-}                                   # empty: one process per visible GPU (each evaluates a share)
 BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
 MAX_SAMPLES=${MAX_SAMPLES:-64}                     # empty: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
@@ -18,7 +19,7 @@ SEED=${SEED:-0}
 source "$(dirname "$0")/common.sh"
 for method in $METHODS; do
     checkpoint=$([ "$method" = base ] || echo "$OUTPUT_ROOT/$method/final_checkpoint")
-    "$PYTHON" inference.py \
+    "${LAUNCH[@]}" inference.py \
         --base_model "$MODEL_NAME" ${checkpoint:+--resume_from_checkpoint "$checkpoint"} \
         --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
         --output_dir "$OUTPUT_ROOT/eval/$method" --batch_size "$BATCH_SIZE" \

@@ -53,7 +53,10 @@ def cache_root() -> Path:
 
 
 def compute_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """`cuda` or `cpu` (hardware.compute_device: no silent fallback to the CPU)."""
+    import hardware
+
+    return hardware.compute_device()
 
 
 def wants_4bit(device: str, load_in_4bit: bool | str = "auto") -> bool:
@@ -67,7 +70,8 @@ def wants_4bit(device: str, load_in_4bit: bool | str = "auto") -> bool:
 
 
 def quantization_config_for(device: str, load_in_4bit: bool | str = "auto", double_quant: bool = False):
-    """The bitsandbytes config: 4-bit NF4 with bf16 compute when `wants_4bit`, else None.
+    """The bitsandbytes config: 4-bit NF4 with bf16 compute (fp16 on GPUs without bf16) when `wants_4bit`,
+    else None.
 
     `double_quant` also quantizes the quantization constants (saves ~0.4 bit per weight); off by
     default, as in the original release.
@@ -76,11 +80,13 @@ def quantization_config_for(device: str, load_in_4bit: bool | str = "auto", doub
         return None
     from transformers import BitsAndBytesConfig
 
+    import hardware
+
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=double_quant,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=hardware.half_dtype(device),
     )
 
 
@@ -225,20 +231,27 @@ def load_tokenizer(path: str):
 
 
 def load_base_model(path: str, load_in_4bit: bool | str = "auto", gradient_checkpointing: bool = False,
-                    double_quant: bool = False, for_training: bool = True):
-    """Load a causal LM: 4-bit NF4 on CUDA, fp32 on CPU (with a one-line notice), 4-bit on CPU when
+                    double_quant: bool = False, for_training: bool = True, full_precision: bool = False):
+    """Load a causal LM: 4-bit NF4 on CUDA, fp32 on a CPU (with a one-line notice), 4-bit on a CPU when
     `load_in_4bit` is True.
 
+    Weights that train stay fp32 on every device (bf16/fp16 is compute only, through autocast): pass
+    `full_precision` for a model trained in full (the tiny model) or evaluated from such a checkpoint, so
+    that a GPU gives the CPU's numbers. A LoRA base on CUDA is loaded in the half compute dtype (it is frozen).
     A 4-bit model loaded `for_training` gets `prepare_model_for_kbit_training` (norms, embeddings and
     head in fp32, input gradients on); for generation it is used as loaded, as the original evaluates.
     """
     from transformers import AutoModelForCausalLM
 
+    import hardware
+
     device = compute_device()
-    quantization = quantization_config_for(device, load_in_4bit, double_quant)
+    hardware.check_model_fits_device(path, device)
+    quantization = None if full_precision else quantization_config_for(device, load_in_4bit, double_quant)
     if device == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        kwargs = {"device_map": {"": local_rank}, "dtype": torch.bfloat16}
+        dtype = torch.float32 if full_precision else hardware.half_dtype(device)
+        kwargs = {"device_map": {"": local_rank}, "dtype": dtype}
     elif quantization is None:
         logger.warning("no CUDA device: loading %s in fp32 on the CPU (no 4-bit quantization)", path)
         kwargs = {"dtype": torch.float32}
@@ -248,11 +261,48 @@ def load_base_model(path: str, load_in_4bit: bool | str = "auto", gradient_check
     if quantization is not None:
         kwargs["quantization_config"] = quantization
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization is not None and device == "cpu":
+        use_portable_four_bit_kernel(model)
     if quantization is not None and for_training:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
+
+
+# bitsandbytes' AVX512-BF16 CPU kernel (eval mode, no grad) repacks a 4-bit weight in blocks of this many
+# output rows, and its quantization scales in rows of whole blocks: it asserts (or fails to reshape) otherwise.
+CPU_FOUR_BIT_BLOCK_ROWS = 32
+
+
+def use_portable_four_bit_kernel(model) -> int:
+    """Route 4-bit layers the packed CPU kernel cannot take (the tiny model's MLP: 688 rows, 688 inputs, not a
+    multiple of the 64-weight quantization block) to bitsandbytes' portable CPU kernel (same NF4 weights, same
+    results); returns how many layers."""
+    routed = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", 64)
+        if module.out_features % CPU_FOUR_BIT_BLOCK_ROWS or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
+            routed += 1
+    return routed
+
+
+def upcast_trainable_parameters(model) -> list[str]:
+    """Make every trainable parameter fp32 (returns the names changed).
+
+    Under 4-bit, trl's SFTTrainer casts LoRA weights to bf16; at the paper's lr 1e-5 most Adam updates of a
+    LoRA-A entry (about 0.008, bf16 spacing about 6e-5) round to nothing. The original trains LoRA in fp32;
+    compute stays bf16 through autocast, and the optimizer state follows the parameters' dtype.
+    """
+    changed = []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            changed.append(name)
+    return changed
 
 
 def lora_config(model_name: str, r: int = 8, alpha: int = 32, dropout: float = 0.1,

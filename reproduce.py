@@ -2,7 +2,7 @@
 
     bash reproduce.sh                                   # profile cpu on LastFM (about 2 hours on 2 cores)
     python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
-    python reproduce.py --profile paper --dry_run       # print the paper-scale commands (4 GPUs)
+    python reproduce.py --profile paper --dry_run       # print the paper-scale commands (NPROC GPUs)
 
 A profile is a list of model plans (`PROFILES` below). Each plan expands into *cells*: one stage run
 (SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import data_interface as di
+import hardware
 import runtime
 
 logger = logging.getLogger("sdpo.reproduce")
@@ -70,7 +71,7 @@ class ModelPlan:
     betas: tuple[float, ...] = (1.0,)  # sweep at main_negatives
     eval: dict = field(default_factory=dict)  # flags of inference.py (max_samples, generation, batch_size)
     eval_seed: int = 0  # selects the evaluation sample: the same prompts for every row
-    launcher: tuple[str, ...] = ()  # e.g. torchrun for multi-GPU profiles; empty: this Python
+    distributed: bool = False  # training and evaluation under torchrun, one process per GPU (NPROC)
     baselines: tuple[str, ...] = ("gru4rec", "caser", "sasrec")  # conventional recommenders (python -m baselines)
     baseline_flags: dict = field(default_factory=dict)  # extra flags of `python -m baselines` (e.g. epochs)
 
@@ -100,18 +101,18 @@ PROFILES: dict[str, list[ModelPlan]] = {
             eval=dict(max_samples=500, batch_size=16),
         ),
     ],
-    # The paper's setting (Llama-2-7B, 4-bit NF4 + LoRA, 4 GPUs, effective batch 4 x 8 x 4 = 128): not run
-    # here; `--dry_run` prints its commands.
+    # The paper's setting (Llama-2-7B, 4-bit NF4 + LoRA, effective batch 128 = 4 per GPU x accumulation x NPROC
+    # GPUs; the paper used 4): not run here; `--dry_run` prints its commands.
     "paper": [
         ModelPlan(
             model_name="meta-llama/Llama-2-7b-hf", tag="llama-2-7b",
-            sft=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=5,
+            sft=dict(batch_size=4, effective_batch_size=128, learning_rate=1e-5, num_train_epochs=5,
                      max_steps=-1, eval_step=0.2, max_eval_samples=2000),
-            preference=dict(batch_size=4, gradient_accumulation_steps=8, learning_rate=1e-5, num_train_epochs=3,
+            preference=dict(batch_size=4, effective_batch_size=128, learning_rate=1e-5, num_train_epochs=3,
                             max_steps=-1, eval_step=0.1, max_eval_samples=2000),
             preference_seeds=(0,), negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
             eval=dict(batch_size=32),
-            launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"),
+            distributed=True,
         ),
     ],
     # A few steps of everything on the synthetic data: the test suite's run of the harness.
@@ -150,6 +151,30 @@ def _flags(values: dict) -> list[str]:
     return [f"--{key}={value}" for key, value in values.items() if value is not None]
 
 
+def process_count() -> int:
+    """`NPROC` if set, else one process per visible GPU (1 without CUDA)."""
+    value = os.environ.get("NPROC", "").strip()
+    if not value:
+        return hardware.default_process_count()
+    if not value.isdigit() or int(value) < 1:
+        raise runtime.UsageError(f"NPROC={value!r}: must be a whole number of processes >= 1")
+    return int(value)
+
+
+def stage_flags(flags: dict, processes: int) -> list[str]:
+    """A stage's flags with `effective_batch_size` turned into the accumulation steps for `processes`
+    (written out, so a dry run shows batch x accumulation x processes)."""
+    flags = dict(flags)
+    effective = flags.pop("effective_batch_size", None)
+    if effective is not None:
+        try:
+            flags["gradient_accumulation_steps"] = hardware.gradient_accumulation_for(effective, flags["batch_size"],
+                                                                                      processes)
+        except hardware.DeviceError as error:
+            raise runtime.UsageError(str(error)) from None
+    return _flags(flags)
+
+
 def preference_name(negatives: int, beta: float, seed: int) -> str:
     method = "dpo" if negatives == 1 else "sdpo"
     return f"{method}-n{negatives}-b{beta:g}-s{seed}"
@@ -158,11 +183,13 @@ def preference_name(negatives: int, beta: float, seed: int) -> str:
 def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.executable) -> list[Cell]:
     """Every cell of one model plan, in run order (SFT, its evaluation, then preference runs and theirs)."""
     data = ["--dataset", dataset]
-    train = [python, *plan.launcher] if plan.launcher else [python]
+    processes = process_count() if plan.distributed else 1
+    train = [python] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                        if processes > 1 else [])
     cells: list[Cell] = []
 
     def evaluation(name: str, checkpoint: Path | None, needs: tuple[str, ...], info: dict) -> Cell:
-        command = [python, "inference.py", "--base_model", plan.model_name, *data,
+        command = [*train, "inference.py", "--base_model", plan.model_name, *data,
                    "--output_dir", str(root / "eval" / name), "--overwrite_output_dir",
                    f"--seed={plan.eval_seed}", *_flags(plan.eval)]
         if checkpoint is not None:
@@ -174,7 +201,7 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         name = f"sft-s{sft_seed}"
         out = root / name
         command = [*train, "sft.py", "--model_name", plan.model_name, *data, "--output_dir", str(out),
-                   "--overwrite_output_dir", f"--seed={sft_seed}", *_flags(plan.sft)]
+                   "--overwrite_output_dir", f"--seed={sft_seed}", *stage_flags(plan.sft, processes)]
         cells.append(Cell(name, "sft", command, out, (), {"method": "sft", "seed": sft_seed}))
     cells.append(evaluation("base", None, (), {"method": "base"}))
     if plan.baselines:  # conventional recommenders, ranked over the same candidates of the same test prompts
@@ -206,7 +233,7 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         script = "dpo.py" if negatives == 1 else "softmax_dpo.py"
         command = [*train, script, "--model_name", plan.model_name, *data,
                    "--resume_from_checkpoint", str(sft_out / runtime.FINAL_CHECKPOINT), "--output_dir", str(out),
-                   "--overwrite_output_dir", f"--seed={seed}", f"--beta={beta:g}", *_flags(plan.preference)]
+                   "--overwrite_output_dir", f"--seed={seed}", f"--beta={beta:g}", *stage_flags(plan.preference, processes)]
         if negatives != 1:
             command.append(f"--neg_num={negatives}")
         info = {"method": "dpo" if negatives == 1 else "sdpo", "seed": seed, "negatives": negatives, "beta": beta}

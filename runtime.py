@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import data_interface as di
+import hardware
 import models
 
 logger = logging.getLogger("sdpo")
@@ -48,7 +49,7 @@ def main(function) -> None:
 
     try:
         fire.Fire(function, serialize=lambda result: None)
-    except (di.DataError, UsageError, NonFiniteError) as error:
+    except (di.DataError, UsageError, NonFiniteError, hardware.DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except OSError as error:
@@ -172,47 +173,70 @@ def report_to(wandb_project: str, wandb_name: str, logging_dir: str | None = Non
     return ["wandb"]
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without them
-    bf16 is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def use_bf16(bf16: bool | None) -> bool:
-    """`--bf16`: None (the default) = on CUDA, and on CPUs with native bf16; True/False force it."""
+    """`--bf16`: None (the default) = where the device has native bf16 (CUDA compute capability 8.0+, CPUs
+    with AVX512-BF16 or AMX-BF16); True/False force it."""
     if bf16 is None:
-        return models.compute_device() == "cuda" or cpu_supports_bf16()
+        return hardware.bf16_supported(models.compute_device())
     return bool(bf16)
 
 
 def autocast(bf16: bool | None):
-    """bf16 autocast on the compute device when `use_bf16(bf16)`, else a no-op context."""
+    """Half-precision autocast on the compute device (bf16; fp16 on a GPU without bf16) when `use_bf16(bf16)`
+    or a GPU needs fp16, else a no-op context."""
     import contextlib
 
     import torch
 
-    if not use_bf16(bf16):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=models.compute_device(), dtype=torch.bfloat16)
+    device = models.compute_device()
+    if use_bf16(bf16):
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if bf16 is None and device == "cuda":
+        return torch.autocast(device_type=device, dtype=hardware.half_dtype(device))
+    return contextlib.nullcontext()
 
 
 def device_training_arguments(bf16: bool | None = None) -> dict:
     """TrainingArguments that differ by device: gradient checkpointing on CUDA; bf16 autocast where
-    `use_bf16` says so (on a CPU through accelerate's CPU autocast, which needs `use_cpu`)."""
-    on_cuda = models.compute_device() == "cuda"
+    `use_bf16` says so (on a CPU through accelerate's CPU autocast, which needs `use_cpu`), fp16 autocast on a
+    GPU without bf16 unless `--bf16 False`. Weights stay fp32 (`models.load_base_model`)."""
+    device = models.compute_device()
+    on_cuda = device == "cuda"
+    bf16_on = use_bf16(bf16)
     return {
-        "bf16": use_bf16(bf16),
+        "bf16": bf16_on,
         "use_cpu": not on_cuda,
-        "fp16": False,
+        "fp16": on_cuda and bf16 is None and not bf16_on,  # a GPU without bf16 (V100, T4)
         "gradient_checkpointing": on_cuda,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if on_cuda else None,
-        "ddp_find_unused_parameters": False if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
+        "ddp_find_unused_parameters": False if hardware.world_size() > 1 else None,
         "dataloader_num_workers": 0,
     }
+
+
+def accumulation_steps(gradient_accumulation_steps: int, effective_batch_size: int | None, batch_size: int) -> int:
+    """`--effective_batch_size` (e.g. the paper's 128) sets the accumulation for this launch's processes;
+    without it `--gradient_accumulation_steps` stands."""
+    if effective_batch_size is None:
+        return gradient_accumulation_steps
+    try:
+        steps = hardware.gradient_accumulation_for(effective_batch_size, batch_size, hardware.world_size())
+    except hardware.DeviceError as error:
+        raise UsageError(str(error)) from None
+    if steps != gradient_accumulation_steps:
+        logger.info("effective batch %d = batch %d x %d accumulation steps x %d processes", effective_batch_size,
+                    batch_size, steps, hardware.world_size())
+    return steps
+
+
+def prepare_trainer_for_device(trainer) -> None:
+    """Before `trainer.train()`: trainable weights in fp32 (hence fp32 optimizer state), one GPU per process,
+    and a fused LM head that runs on this machine."""
+    changed = models.upcast_trainable_parameters(trainer.model)
+    if changed:
+        logger.info("%d trainable tensors were in half precision: cast to fp32", len(changed))
+    hardware.limit_to_one_gpu(trainer.args)
+    hardware.prepare_fused_lm_head(models.compute_device())
 
 
 def stage_training_arguments(output_dir: Path, batch_size: int, gradient_accumulation_steps: int,
@@ -283,7 +307,7 @@ def records_for_steps(records: Sequence[di.Record], max_steps: int, batch_size: 
     """The training records a run will consume: all of them, or with `max_steps > 0` a seeded random
     sample (in file order) of the `max_steps x batch x accumulation x processes` records those steps
     draw. Only these are tokenized, so a 10-step run does not tokenize a 30,000-record split."""
-    processes = int(os.environ.get("WORLD_SIZE", 1))
+    processes = hardware.world_size()
     needed = max_steps * batch_size * gradient_accumulation_steps * processes
     if max_steps <= 0 or needed >= len(records):
         return list(records)

@@ -34,6 +34,7 @@ def train(
     resume_from_checkpoint: str | bool | None = None,
     batch_size: int = 8,
     gradient_accumulation_steps: int = 1,
+    effective_batch_size: int | None = None,
     learning_rate: float = 1e-3,
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
@@ -57,6 +58,8 @@ def train(
     flags, start = dict(locals()), time.time()
     runtime.check_load_in_4bit(load_in_4bit)
     eval_step = runtime.check_eval_step(eval_step)
+    gradient_accumulation_steps = runtime.accumulation_steps(gradient_accumulation_steps, effective_batch_size,
+                                                             batch_size)
     output = runtime.check_output_dir(output_dir, overwrite_output_dir, runtime.FINAL_CHECKPOINT)
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("True", "False"):
         runtime.check_checkpoint(resume_from_checkpoint)
@@ -74,7 +77,7 @@ def train(
     base = runtime.base_model_path(model_name, None, data, seed)
     tokenizer = models.load_tokenizer(base)
     if full_finetune:  # every weight trains: for models trained from scratch (tiny), never quantized
-        model = models.load_base_model(base, load_in_4bit=False)
+        model = models.load_base_model(base, load_in_4bit=False, full_precision=True)
     else:
         model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
         model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))
@@ -104,6 +107,7 @@ def train(
     )
     trainer.register_records(train_dataset["input_ids"], runtime.record_numbers(data.train, train_records),
                              data.files.train)
+    runtime.prepare_trainer_for_device(trainer)
     trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
     final = runtime.save_final_checkpoint(trainer, tokenizer, output)
     logger.info("saved the SFT adapter and tokenizer to %s", final)

@@ -7,9 +7,10 @@ MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (t
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
-NPROC=${NPROC:-1}                                  # 4 (torchrun)
+NPROC=${NPROC:-}                                   # empty: one process per visible GPU, 1 without CUDA
 BATCH_SIZE=${BATCH_SIZE:-8}                        # 4
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}  # 8  (4 x 8 x 4 GPUs = 128)
+EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-}      # 128: sets the accumulation for any NPROC (batch x accumulation x NPROC)
 LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 5
 MAX_STEPS=${MAX_STEPS:-10}                         # -1 (use epochs)
@@ -28,6 +29,7 @@ source "$(dirname "$0")/common.sh"
     --model_name "$MODEL_NAME" --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
     --output_dir "$OUTPUT_ROOT/sft" --logging_dir "$OUTPUT_ROOT/logs/sft" \
     --batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS" \
+    ${EFFECTIVE_BATCH_SIZE:+--effective_batch_size "$EFFECTIVE_BATCH_SIZE"} \
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" \

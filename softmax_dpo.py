@@ -44,6 +44,7 @@ def train(
     overwrite_output_dir: bool = False,
     batch_size: int = 8,
     gradient_accumulation_steps: int = 1,
+    effective_batch_size: int | None = None,
     learning_rate: float = 1e-4,
     num_train_epochs: float = 1.0,
     max_steps: int = -1,
@@ -73,6 +74,8 @@ def train(
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
     runtime.check_load_in_4bit(load_in_4bit)
     eval_step = runtime.check_eval_step(eval_step)
+    gradient_accumulation_steps = runtime.accumulation_steps(gradient_accumulation_steps, effective_batch_size,
+                                                             batch_size)
     full_sft = runtime.is_full_model(resume_from_checkpoint)
     if full_finetune and not full_sft:
         raise runtime.UsageError(f"{resume_from_checkpoint}: --full_finetune needs a whole-model SFT checkpoint "
@@ -98,7 +101,7 @@ def train(
         # The SFT model is a whole model: the policy trains all of it (--full_finetune) or a fresh LoRA on
         # it, and the reference is that SFT model, whose log-probs are computed once before training.
         model = models.load_base_model(base, load_in_4bit=False if full_finetune else load_in_4bit,
-                                       double_quant=bnb_4bit_use_double_quant)
+                                       double_quant=bnb_4bit_use_double_quant, full_precision=full_finetune)
         if not full_finetune:
             model = models.attach_lora(model, models.lora_config(model_name))
         precompute_ref_log_probs = True
@@ -128,6 +131,7 @@ def train(
     )
     trainer.register_records(train_dataset["prompt_input_ids"], runtime.record_numbers(data.train, train_records),
                              data.files.train)
+    runtime.prepare_trainer_for_device(trainer)
     trainer.train(resume_from_checkpoint=str(checkpoint_to_continue) if checkpoint_to_continue else None)
     final = runtime.save_final_checkpoint(trainer, tokenizer, output)
     logger.info("saved the preference-aligned adapter and tokenizer to %s", final)

@@ -8,9 +8,10 @@ DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodre
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 SFT_CHECKPOINT=${SFT_CHECKPOINT:-$OUTPUT_ROOT/sft/final_checkpoint}
-NPROC=${NPROC:-1}                                  # 4 (torchrun)
+NPROC=${NPROC:-}                                   # empty: one process per visible GPU, 1 without CUDA
 BATCH_SIZE=${BATCH_SIZE:-4}                        # 4
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}  # 8
+EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-}      # 128: sets the accumulation for any NPROC (batch x accumulation x NPROC)
 LEARNING_RATE=${LEARNING_RATE:-3e-4}               # 1e-5
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}            # 3
 MAX_STEPS=${MAX_STEPS:-6}                          # -1 (use epochs)
@@ -34,6 +35,7 @@ source "$(dirname "$0")/common.sh"
     --resume_from_checkpoint "$SFT_CHECKPOINT" \
     --output_dir "$OUTPUT_ROOT/sdpo" --logging_dir "$OUTPUT_ROOT/logs/sdpo" \
     --batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS" \
+    ${EFFECTIVE_BATCH_SIZE:+--effective_batch_size "$EFFECTIVE_BATCH_SIZE"} \
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" --beta "$BETA" --neg_num "$NEG_NUM" \
     --forward "$FORWARD" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \

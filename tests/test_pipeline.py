@@ -268,8 +268,9 @@ def test_fast_evaluator_gives_the_outputs_of_one_prompt_at_a_time(synthetic_dir)
 
 
 def test_sft_and_sdpo_run_data_parallel_with_two_processes(synthetic_dir, tmp_path):
-    """NPROC=2: the launchers start torchrun (gloo on a CPU); both stages train and save one adapter."""
-    env = {**FAST, "NPROC": "2", "OMP_NUM_THREADS": "1", "DATASET": str(synthetic_dir), "OUTPUT_ROOT": str(tmp_path)}
+    """NPROC=2 with SDPO_DEVICE=cpu: the launchers start torchrun (gloo on a CPU); both stages train and save one
+    adapter."""
+    env = {**FAST, "NPROC": "2", "SDPO_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "DATASET": str(synthetic_dir), "OUTPUT_ROOT": str(tmp_path)}
     for script, stage in (("sft.sh", "sft"), ("softmax_dpo.sh", "sdpo")):
         result = run_script("bash", script, env=env)
         assert "train_loss" in result.stdout + result.stderr

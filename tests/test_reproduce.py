@@ -320,29 +320,53 @@ def test_every_command_of_a_profile_names_only_flags_its_stage_has(profile, tmp_
         for cell in cells:
             script = next(arg for arg in cell.command if arg.endswith(".py") or arg == "baselines")
             parameters = set(inspect.signature(STAGE_FUNCTIONS[script]).parameters)
-            launcher_flags = set()
-            if plan.launcher and script not in ("inference.py", "baselines"):
-                launcher_flags = _flag_names(list(plan.launcher))
             assert _flag_names(cell.command[cell.command.index(script):]) <= parameters, (cell.name, script)
-            assert _flag_names(cell.command) - launcher_flags <= parameters
             for need in cell.needs:  # dependencies come earlier in the run order
                 assert need in [c.name for c in cells[:cells.index(cell)]]
 
 
-def test_paper_profile_is_the_papers_setting_on_four_gpus(tmp_path, capsys):
+@pytest.mark.parametrize("nproc", [1, 2, 4, 8])
+def test_paper_profile_keeps_the_effective_batch_of_128_for_any_number_of_gpus(tmp_path, capsys, monkeypatch, nproc):
+    monkeypatch.setenv("NPROC", str(nproc))
     reproduce.reproduce(profile="paper", dataset="lastfm", output_root=str(tmp_path), dry_run=True)
     lines = capsys.readouterr().out.strip().splitlines()
+    launcher = f"-m torch.distributed.run --standalone --nproc_per_node {nproc} " if nproc > 1 else ""
     sft_line = next(line for line in lines if " sft.py " in line)
-    assert "-m torch.distributed.run --standalone --nproc_per_node 4 sft.py" in sft_line
-    for flag in ("--batch_size=4", "--gradient_accumulation_steps=8", "--learning_rate=1e-05", "--num_train_epochs=5",
+    assert f"python {launcher}sft.py" in sft_line.replace(sys.executable, "python")
+    for flag in ("--batch_size=4", "--learning_rate=1e-05", "--num_train_epochs=5",
                  "--model_name meta-llama/Llama-2-7b-hf"):
         assert flag in sft_line
+    training = [line for line in lines if " sft.py " in line or " dpo.py " in line or " softmax_dpo.py " in line]
+    for line in training:
+        batch = int(line.split("--batch_size=")[1].split()[0])
+        accumulation = int(line.split("--gradient_accumulation_steps=")[1].split()[0])
+        assert batch * accumulation * nproc == 128
+    evaluations = [line for line in lines if " inference.py " in line]
+    assert all(f"python {launcher}inference.py" in line.replace(sys.executable, "python") for line in evaluations)
     sdpo = [line for line in lines if " softmax_dpo.py " in line]
     assert {line.split("--neg_num=")[1].split()[0] for line in sdpo} == {"3", "7", "15"}
     assert all("--num_train_epochs=3" in line and "--resume_from_checkpoint" in line for line in sdpo)
-    assert any(" dpo.py " in line for line in lines) and sum(" inference.py " in line for line in lines) == 1 + len(
-        [line for line in lines if ".py --model_name" in line])
+    assert any(" dpo.py " in line for line in lines) and len(evaluations) == 1 + len(training)
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_a_process_count_that_does_not_divide_the_effective_batch_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPROC", "3")
+    with pytest.raises(runtime.UsageError, match="effective batch of 128 cannot be split into 3 processes"):
+        reproduce.reproduce(profile="paper", dataset="lastfm", output_root=str(tmp_path), dry_run=True)
+    monkeypatch.setenv("NPROC", "two")
+    with pytest.raises(runtime.UsageError, match="NPROC='two'"):
+        reproduce.reproduce(profile="paper", dataset="lastfm", output_root=str(tmp_path), dry_run=True)
+
+
+def test_without_nproc_the_paper_profile_starts_one_process_per_visible_gpu(tmp_path, monkeypatch):
+    monkeypatch.delenv("NPROC", raising=False)
+    monkeypatch.setattr(reproduce.hardware, "default_process_count", lambda: 2)
+    cells = reproduce.plan_cells(reproduce.PROFILES["paper"][0], "lastfm", tmp_path)
+    assert all("--nproc_per_node" in cell.command and cell.command[cell.command.index("--nproc_per_node") + 1] == "2"
+               for cell in cells if cell.kind != "baselines")
+    cpu_cells = reproduce.plan_cells(reproduce.PROFILES["cpu"][0], "lastfm", tmp_path)
+    assert not any("torch.distributed.run" in cell.command for cell in cpu_cells)  # the cpu profile: one process
 
 
 def test_unknown_profile_or_model_is_one_line(tmp_path):

@@ -25,7 +25,7 @@ def test_wandb_only_when_a_project_is_given_and_offline_by_default(monkeypatch, 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_cpu_training_uses_bf16_only_where_the_cpu_has_it_and_never_checkpoints(monkeypatch, native_bf16):
-    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime.hardware, "bf16_supported", lambda device: native_bf16)
     arguments = runtime.device_training_arguments()
     assert arguments["bf16"] is native_bf16 and arguments["gradient_checkpointing"] is False
     assert runtime.device_training_arguments(bf16=False)["bf16"] is False  # --bf16 False turns it off

@@ -22,6 +22,16 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient; the message is one line."""
 
 
+def non_finite_part(loss: torch.Tensor, grads: Sequence[torch.Tensor]) -> str | None:
+    """Which part is not finite: "loss", "gradient" or None. One device-to-host transfer for all of them (on a
+    GPU every separate `.all()` read would be a sync)."""
+    flags = torch.stack([torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads)])
+    finite = flags.cpu().tolist()
+    if not finite[0]:
+        return "loss"
+    return None if all(finite) else "gradient"
+
+
 class StopOnNonFinite:
     """Mixin: raise `NonFiniteError` at the first micro-batch with a non-finite loss or gradient."""
 
@@ -51,11 +61,7 @@ class StopOnNonFinite:
     def training_step(self, model, inputs, num_items_in_batch=None):
         records = self.batch_records(inputs)  # before the parent may move or pop the batch's tensors
         loss = super().training_step(model, inputs, num_items_in_batch)
-        what = None
-        if not torch.isfinite(loss).all():
-            what = "loss"
-        elif any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad):
-            what = "gradient"
+        what = non_finite_part(loss, [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None])
         if what is not None:
             checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"),
                                  key=lambda path: int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else -1)
