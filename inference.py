@@ -9,6 +9,12 @@ divided by the number of test prompts (invalid outputs are misses). `metrics.jso
 `hr@1_original` and `valid_ratio_original`: the original release's plain substring count
 (`data_interface.original_rule_metrics`).
 
+`--constrained_decoding` adds a second greedy decoding restricted to the prompt's candidate names (a
+prefix tree over their token ids, `constrained_decoding.py`), so every output names one candidate; its
+HR@1 and ValidRatio (same counting rule) go to `constrained_hr@1` and `constrained_valid_ratio` beside
+the unconstrained metrics, which stay the paper's, and each prediction row gets `constrained_output`
+and `constrained_prediction`.
+
 Ranking: every candidate c of a prompt is scored by log p(" c" + EOS | prompt), with the same
 completion log-prob function the S-DPO trainer optimises (the prompt encoded once, the 20 candidates
 packed after it); the target's rank gives HR@1/3/5/10, NDCG@5/10 and MRR (`rank_*` keys). Ranking
@@ -39,6 +45,7 @@ from typing import Sequence
 import data_interface as di
 import models
 import runtime
+from constrained_decoding import CandidateTree, candidate_trees, constrained_metrics, generate_constraint
 
 logger = logging.getLogger("sdpo.inference")
 PARTIAL_DIR = "predictions.partial"  # finished chunks of an evaluation in progress
@@ -49,11 +56,13 @@ MAX_NEW_TOKENS = 20
 
 def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int = 16,
                      max_new_tokens: int = MAX_NEW_TOKENS, cutoff_len: int | None = None,
-                     sort_by_length: bool = True, progress: bool = True) -> list[str]:
+                     sort_by_length: bool = True, progress: bool = True,
+                     constraints: Sequence[CandidateTree] | None = None) -> list[str]:
     """Greedy continuations of `prompts`, decoded without special tokens, in the prompts' order.
 
     With `sort_by_length`, batches group prompts of similar token length; otherwise batches follow the
-    given order (the plain batched `generate` baseline of the benchmark).
+    given order (the plain batched `generate` baseline of the benchmark). With `constraints` (one
+    `CandidateTree` per prompt), each continuation is one of its prompt's candidate completions.
     """
     import torch
     from tqdm.auto import tqdm
@@ -73,11 +82,13 @@ def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int =
             ids = encoded[index]
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention_mask[row, width - len(ids):] = 1
+        limits = ({"max_new_tokens": max_new_tokens} if constraints is None
+                  else generate_constraint([constraints[i] for i in batch], width))
         with torch.inference_mode():
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+                do_sample=False, num_beams=1, use_cache=True,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id, **limits,
             )
         texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         for index, text in zip(batch, texts):
@@ -183,10 +194,13 @@ def generate_and_score(model, tokenizer, prompts: Sequence[str], candidates: Seq
 def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: Sequence[str], seed: int = 0,
                      batch_size: int = 16, cutoff_len: int | None = None, sort_by_length: bool = True,
                      progress: bool = True, generation: bool = True, ranking: bool = True,
-                     shared_prefill: bool = True) -> tuple[dict, list[dict]]:
-    """Generate for and/or rank the candidates of every record; returns (metrics, per-prompt rows)."""
-    if not (generation or ranking):
-        raise runtime.UsageError("nothing to evaluate: --generation and --ranking are both off")
+                     shared_prefill: bool = True, constrained: bool = False) -> tuple[dict, list[dict]]:
+    """Generate for and/or rank the candidates of every record; returns (metrics, per-prompt rows).
+
+    `constrained`: also decode greedily restricted to each record's candidates (`constrained_*` keys).
+    """
+    if not (generation or ranking or constrained):
+        raise runtime.UsageError("nothing to evaluate: --generation, --ranking and --constrained_decoding are all off")
     prompts = [di.build_prompt(record, templates, seed) for record in records]
     rows = [{"index": i, "target": record.target} for i, record in enumerate(records)]
     metrics: dict = {"n": len(records)}
@@ -212,10 +226,19 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
         for row, rank, values, record in zip(rows, ranks, scores, records):
             row.update(target_rank=rank, ranked_first=record.candidates[max(range(len(values)), key=values.__getitem__)])
         metrics.update(di.ranking_metrics(ranks))
+    if constrained:
+        trees = candidate_trees(tokenizer, prompts, [record.candidates for record in records])
+        outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
+                                   sort_by_length=sort_by_length, progress=progress, constraints=trees)
+        for row, output, record in zip(rows, outputs, records):
+            row.update(constrained_output=output, constrained_prediction=di.prediction_of(output, record.candidates))
+        metrics.update(constrained_metrics([row["constrained_prediction"] for row in rows],
+                                           [record.target for record in records]))
     return metrics, rows
 
 
-def metrics_of_rows(rows: Sequence[dict], records: Sequence[di.Record], generation: bool, ranking: bool) -> dict:
+def metrics_of_rows(rows: Sequence[dict], records: Sequence[di.Record], generation: bool, ranking: bool,
+                    constrained: bool = False) -> dict:
     """The metrics of prediction rows (`evaluate_records`' rows, in record order)."""
     metrics: dict = {"n": len(records)}
     targets = [record.target for record in records]
@@ -224,6 +247,8 @@ def metrics_of_rows(rows: Sequence[dict], records: Sequence[di.Record], generati
         metrics.update(di.original_rule_metrics([row["output"] for row in rows], records))
     if ranking:
         metrics.update(di.ranking_metrics([row["target_rank"] for row in rows]))
+    if constrained:
+        metrics.update(constrained_metrics([row["constrained_prediction"] for row in rows], targets))
     return metrics
 
 
@@ -346,13 +371,15 @@ def evaluate(
     seed: int = 0,
     chunk_size: int = 1024,
     shared_prefill: bool = True,
+    constrained_decoding: bool = False,
 ) -> dict:
     """Evaluate a model (optionally with an adapter) on the test split; returns the metrics.
 
     Prompts are evaluated in chunks of `chunk_size`; each finished chunk is saved atomically under
     `output_dir/predictions.partial/`, so a killed run started again with the same flags continues after
     the last finished chunk (and gives the files an uninterrupted run gives). The chunks are removed once
-    `predictions.jsonl` and `metrics.json` are written.
+    `predictions.jsonl` and `metrics.json` are written. `constrained_decoding` adds the decoding restricted
+    to the candidates (`constrained_hr@1`, `constrained_valid_ratio`) beside the unconstrained metrics.
     """
     flags = dict(locals())
     runtime.check_load_in_4bit(load_in_4bit)
@@ -384,7 +411,7 @@ def evaluate(
         with runtime.autocast(bf16):
             _, rows = evaluate_records(model, tokenizer, records[start:start + chunk_size], data.templates, seed,
                                        batch_size, cutoff_len, generation=generation, ranking=ranking,
-                                       shared_prefill=shared_prefill)
+                                       shared_prefill=shared_prefill, constrained=constrained_decoding)
         for row in rows:
             row["index"] += start
         chunks.save(number, rows, time.time() - begin)
@@ -393,7 +420,7 @@ def evaluate(
         processes.wait()  # returns once the main process has written the files
         return json.loads((output / METRICS_FILE).read_text(encoding="utf-8"))
     rows, seconds = chunks.load_all(len(starts))
-    metrics = metrics_of_rows(rows, records, generation, ranking)
+    metrics = metrics_of_rows(rows, records, generation, ranking, constrained_decoding)
     metrics["seconds"] = round(seconds, 2)  # summed over chunks: the compute time of all processes
     metrics["processes"] = processes.count
     metrics["checkpoint"] = resume_from_checkpoint
@@ -406,7 +433,8 @@ def evaluate(
     chunks.remove()
     processes.wait()
     shown = [f"{label} {metrics[key]:.4f}" for label, key in
-             (("HR@1", "hr@1"), ("ValidRatio", "valid_ratio"), ("rank HR@1", "rank_hr@1"), ("NDCG@5", "rank_ndcg@5"))
+             (("HR@1", "hr@1"), ("ValidRatio", "valid_ratio"), ("constrained HR@1", "constrained_hr@1"),
+              ("rank HR@1", "rank_hr@1"), ("NDCG@5", "rank_ndcg@5"))
              if key in metrics]
     print(f"{'  '.join(shown)}  n {metrics['n']}  ({metrics['seconds']} s) -> {output / METRICS_FILE}")
     return metrics
