@@ -15,6 +15,7 @@ CUTOFF_LEN=${CUTOFF_LEN:-512}
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
+CONSTRAINED_DECODING=${CONSTRAINED_DECODING:-False}   # False (paper) | True: also decode restricted to the 20 candidates (constrained_* metrics)
 # -------------------------------------------------------------------------------------------------
 source "$(dirname "$0")/common.sh"
 for method in $METHODS; do
@@ -24,5 +25,6 @@ for method in $METHODS; do
         --dataset "$DATASET" ${PROMPT_PATH:+--prompt_path "$PROMPT_PATH"} \
         --output_dir "$OUTPUT_ROOT/eval/$method" --batch_size "$BATCH_SIZE" \
         ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} --cutoff_len "$CUTOFF_LEN" \
-        --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" --seed "$SEED" "$@"
+        --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" --seed "$SEED" \
+        --constrained_decoding "$CONSTRAINED_DECODING" "$@"
 done

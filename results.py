@@ -8,7 +8,9 @@ expectation) and `popularity` (candidates ordered by how often each is the true 
 split) on the same seeded sample of test prompts, prints a table and writes `OUTPUT_ROOT/results.json`
 as {"sft": {"hr@1", "valid_ratio", "rank_hr@1", "rank_ndcg@5", "n", "seconds"}, ...}. HR@1 and
 ValidRatio come from generation (the paper's metric); rankHR@1 / rankNDCG@5 from ranking the 20
-candidates by log-probability (see inference.py).
+candidates by log-probability (see inference.py). Evaluations run with `--constrained_decoding` add
+`constrained_hr@1` / `constrained_valid_ratio` (HR@1cons, Validcons: greedy decoding restricted to the
+candidates' names).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ METHODS = ("base", "sft", "dpo", "sdpo")  # base: the model with no training (ze
 # rule and under the original release's plain substring rule ("orig"), then ranking columns.
 COLUMNS = (("hr@1", "HR@1", 8), ("valid_ratio", "ValidRatio", 12), ("hr@1_original", "HR@1orig", 10),
            ("valid_ratio_original", "Validorig", 11), ("rank_hr@1", "rankHR@1", 10), ("rank_ndcg@5", "rankNDCG@5", 12))
+# Shown only when some row has them (`inference.py --constrained_decoding`): greedy decoding restricted to the candidates.
+CONSTRAINED_COLUMNS = (("constrained_hr@1", "HR@1cons", 10), ("constrained_valid_ratio", "Validcons", 11))
 LEGEND = ("HR@1 / ValidRatio: generation, one candidate named (this project's rule); *orig: the original release's "
-          "substring rule; rank*: the 20 candidates ranked by log-probability; '-': not computed for that row")
+          "substring rule; *cons: generation constrained to the candidates' names; rank*: the 20 candidates ranked "
+          "by log-probability; '-': not computed for that row")
 
 
 def _read_json(path: Path) -> dict:
@@ -58,7 +63,7 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
             raise runtime.UsageError(f"{root / 'eval' / method / 'metrics.json'}: evaluated on {metrics.get('n')} "
                                      f"prompts, but --max_samples gives {len(test)}: pass the evaluation's value")
         train_seconds = _read_json(root / method / "run_info.json").get("seconds", 0.0)
-        results[method] = {key: metrics[key] for key, _, _ in COLUMNS if key in metrics}
+        results[method] = {key: metrics[key] for key, _, _ in COLUMNS + CONSTRAINED_COLUMNS if key in metrics}
         results[method]["n"] = metrics["n"]
         results[method]["seconds"] = round(train_seconds + metrics.get("seconds", 0.0), 1)
     results.update(di.reference_metrics(data.train, test))
@@ -70,11 +75,14 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
 
 
 def format_table(results: dict) -> str:
-    """Generation columns (HR@1, ValidRatio) and ranking columns (rankHR@1, rankNDCG@5); '-' = not run."""
-    lines = [f"{'method':<12}" + "".join(f"{header:>{width}}" for _, header, width in COLUMNS)
+    """Generation columns (HR@1, ValidRatio; constrained ones when any row has them) and ranking columns
+    (rankHR@1, rankNDCG@5); '-' = not run."""
+    constrained = any(key in row for row in results.values() for key, _, _ in CONSTRAINED_COLUMNS)
+    columns = COLUMNS[:4] + (CONSTRAINED_COLUMNS if constrained else ()) + COLUMNS[4:]
+    lines = [f"{'method':<12}" + "".join(f"{header:>{width}}" for _, header, width in columns)
              + f"{'n':>7}{'wall time':>12}"]
     for method, row in results.items():
-        values = "".join(f"{row[key]:>{width}.4f}" if key in row else f"{'-':>{width}}" for key, _, width in COLUMNS)
+        values = "".join(f"{row[key]:>{width}.4f}" if key in row else f"{'-':>{width}}" for key, _, width in columns)
         seconds = f"{row['seconds']:.0f} s" if "seconds" in row else "-"
         lines.append(f"{method:<12}{values}{row['n']:>7}{seconds:>12}")
     return "\n".join(lines)
