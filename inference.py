@@ -10,10 +10,10 @@ divided by the number of test prompts (invalid outputs are misses). `metrics.jso
 (`data_interface.original_rule_metrics`).
 
 `--constrained_decoding` adds a second greedy decoding restricted to the prompt's candidate names (a
-prefix tree over their token ids, `constrained_decoding.py`), so every output names one candidate; its
-HR@1 and ValidRatio (same counting rule) go to `constrained_hr@1` and `constrained_valid_ratio` beside
-the unconstrained metrics, which stay the paper's, and each prediction row gets `constrained_output`
-and `constrained_prediction`.
+prefix tree over their token ids, `constrained_decoding.py`; as many new tokens as the longest name
+needs), so every output names one candidate. Its HR@1 and ValidRatio (same counting rule) go to
+`constrained_hr@1` and `constrained_valid_ratio` beside the unconstrained metrics, which stay the
+paper's, and each prediction row gets `constrained_output` and `constrained_prediction`.
 
 Ranking: every candidate c of a prompt is scored by log p(" c" + EOS | prompt), with the same
 completion log-prob function the S-DPO trainer optimises (the prompt encoded once, the 20 candidates
@@ -200,7 +200,7 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
     `constrained`: also decode greedily restricted to each record's candidates (`constrained_*` keys).
     """
     if not (generation or ranking or constrained):
-        raise runtime.UsageError("nothing to evaluate: --generation, --ranking and --constrained_decoding are all off")
+        raise runtime.UsageError("nothing to evaluate: --generation, --ranking and --constrained_decoding are off")
     prompts = [di.build_prompt(record, templates, seed) for record in records]
     rows = [{"index": i, "target": record.target} for i, record in enumerate(records)]
     metrics: dict = {"n": len(records)}
@@ -228,9 +228,9 @@ def evaluate_records(model, tokenizer, records: Sequence[di.Record], templates: 
         metrics.update(di.ranking_metrics(ranks))
     if constrained:
         trees = candidate_trees(tokenizer, prompts, [record.candidates for record in records])
-        outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
-                                   sort_by_length=sort_by_length, progress=progress, constraints=trees)
-        for row, output, record in zip(rows, outputs, records):
+        constrained_outputs = generate_outputs(model, tokenizer, prompts, batch_size, cutoff_len=cutoff_len,
+                                               sort_by_length=sort_by_length, progress=progress, constraints=trees)
+        for row, output, record in zip(rows, constrained_outputs, records):
             row.update(constrained_output=output, constrained_prediction=di.prediction_of(output, record.candidates))
         metrics.update(constrained_metrics([row["constrained_prediction"] for row in rows],
                                            [record.target for record in records]))

@@ -15,7 +15,7 @@ CUTOFF_LEN=${CUTOFF_LEN:-512}
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
-CONSTRAINED_DECODING=${CONSTRAINED_DECODING:-False}   # False (paper) | True: also decode restricted to the 20 candidates (constrained_* metrics)
+CONSTRAINED_DECODING=${CONSTRAINED_DECODING:-False}  # False | True: also decoding restricted to the candidates
 # -------------------------------------------------------------------------------------------------
 source "$(dirname "$0")/common.sh"
 for method in $METHODS; do

@@ -28,7 +28,7 @@ METHODS = ("base", "sft", "dpo", "sdpo")  # base: the model with no training (ze
 # rule and under the original release's plain substring rule ("orig"), then ranking columns.
 COLUMNS = (("hr@1", "HR@1", 8), ("valid_ratio", "ValidRatio", 12), ("hr@1_original", "HR@1orig", 10),
            ("valid_ratio_original", "Validorig", 11), ("rank_hr@1", "rankHR@1", 10), ("rank_ndcg@5", "rankNDCG@5", 12))
-# Shown only when some row has them (`inference.py --constrained_decoding`): greedy decoding restricted to the candidates.
+# Shown only when some row has them (`inference.py --constrained_decoding`: decoding restricted to the candidates).
 CONSTRAINED_COLUMNS = (("constrained_hr@1", "HR@1cons", 10), ("constrained_valid_ratio", "Validcons", 11))
 LEGEND = ("HR@1 / ValidRatio: generation, one candidate named (this project's rule); *orig: the original release's "
           "substring rule; *cons: generation constrained to the candidates' names; rank*: the 20 candidates ranked "
