@@ -113,7 +113,7 @@ def triton_toolchain() -> str:
 
 
 def model_access(model_name: str) -> str:
-    if model_name in (models.TINY, models.SMOLLM2):
+    if model_name in (*models.TINY_MODELS, models.SMOLLM2):
         return f"{model_name}: built locally"
     if Path(model_name).is_dir():
         if not (Path(model_name) / "config.json").exists():

@@ -342,7 +342,7 @@ def load_for_generation(base_model: str, checkpoint: str | None, data: runtime.S
     base = runtime.base_model_path(base_model, checkpoint, data, seed)
     tokenizer = models.load_tokenizer(runtime.tokenizer_path(base, checkpoint))
     # A model trained in full (the tiny one, or its untrained start) is evaluated with fp32 weights on every device.
-    full_precision = runtime.is_full_model(checkpoint) or (checkpoint is None and base_model == models.TINY)
+    full_precision = runtime.is_full_model(checkpoint) or (checkpoint is None and base_model in models.TINY_MODELS)
     model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=double_quant, for_training=False,
                                    full_precision=full_precision)
     if checkpoint and not runtime.is_full_model(checkpoint):

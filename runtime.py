@@ -341,7 +341,7 @@ def base_model_path(model_name: str, checkpoint: str | None, data: StageData, se
             base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
             if base and Path(base, "config.json").exists():
                 return base
-    return models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name == models.TINY else None)
+    return models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name in models.TINY_MODELS else None)
 
 
 def tokenizer_path(base: str, checkpoint: str | None) -> str:
