@@ -8,7 +8,11 @@ fi
 # SDPO_DEVICE: auto (CUDA when torch can use it) | cuda | cpu (ask for the CPU, e.g. 2 gloo processes on a CPU).
 export SDPO_DEVICE=${SDPO_DEVICE:-auto}
 if [ -z "${NPROC:-}" ]; then
-    NPROC=$("$PYTHON" -c 'import hardware; print(hardware.default_process_count())')
+    if compgen -G "/dev/nvidia[0-9]*" > /dev/null; then  # torch counts the GPUs it can use (CUDA_VISIBLE_DEVICES)
+        NPROC=$("$PYTHON" -c 'import hardware; print(hardware.default_process_count())')
+    else
+        NPROC=1
+    fi
 fi
 if [ "$NPROC" -gt 1 ]; then
     LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")  # one machine, free port
