@@ -402,7 +402,7 @@ def evaluate(
     if processes.count > 1:
         logger.info("process %d of %d: %d of %d chunks", processes.rank, processes.count, share, len(starts))
     if len(todo) < share:
-        logger.info("continuing an interrupted evaluation: %d chunks of this process already done", share - len(todo))
+        logger.info("continuing an interrupted evaluation: %d of %d chunks already done", share - len(todo), share)
     if todo:
         model, tokenizer = load_for_generation(base_model, resume_from_checkpoint, data, seed, load_in_4bit,
                                                bnb_4bit_use_double_quant)

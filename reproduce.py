@@ -52,7 +52,14 @@ COLUMNS = (
     ("rank_hr@1", "HR@1 (rank)"),
     ("rank_ndcg@5", "NDCG@5 (rank)"),
     ("rank_mrr", "MRR (rank)"),
+    ("constrained_hr@1", "HR@1 (gen, constrained)"),  # shown only where an evaluation ran --constrained_decoding
+    ("constrained_valid_ratio", "ValidRatio (gen, constrained)"),
 )
+
+
+def shown_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The columns some row has (a table without constrained evaluations keeps its old columns)."""
+    return [(key, label) for key, label in COLUMNS if any(key in row for row in rows)]
 
 
 @dataclass
@@ -578,11 +585,12 @@ def table_rows(plan: ModelPlan, collected: dict) -> list[dict]:
 
 
 def format_markdown(rows: list[dict]) -> str:
-    header = ["method", *[label for _, label in COLUMNS], "seeds", "n"]
+    columns = shown_columns(rows)
+    header = ["method", *[label for _, label in columns], "seeds", "n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"]]
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             if key not in row:
                 cells.append("–")
             else:
@@ -597,10 +605,11 @@ def write_csv(rows: list[dict], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "seeds", "n", *[f"{key}_{part}" for key, _ in COLUMNS for part in ("mean", "std")]])
+        columns = shown_columns(rows)
+        writer.writerow(["method", "seeds", "n", *[f"{key}_{part}" for key, _ in columns for part in ("mean", "std")]])
         for row in rows:
             values = []
-            for key, _ in COLUMNS:
+            for key, _ in columns:
                 values += [f"{row[key][0]:.6f}", f"{row[key][1]:.6f}"] if key in row else ["", ""]
             writer.writerow([row["method"], row["seeds"], row["n"], *values])
     tmp.replace(path)
