@@ -441,6 +441,31 @@ def test_download_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert not (tmp_path / "out3").exists()
 
 
+def test_download_is_hash_checked_when_the_sha256_is_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    www = tmp_path / "www"
+    www.mkdir()
+    archive = movielens_zip(www / "ml-100k.zip", write_movielens(tmp_path / "fixture")).read_bytes()
+    cache = tmp_path / "cache" / "raw"
+    with serve(www) as base:
+        monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
+        monkeypatch.setitem(download.EXPECTED_CHECKSUMS, "ml-100k.zip", (None, "0" * 64))
+        with pytest.raises(Error, match="sha256 mismatch") as info:
+            prepare.prepare("movielens", out_dir=tmp_path / "bad")
+        assert "\n" not in str(info.value) and "--raw_dir" in str(info.value)
+        assert not (tmp_path / "bad").exists() and not list(cache.iterdir())  # nothing kept
+        monkeypatch.setitem(download.EXPECTED_CHECKSUMS, "ml-100k.zip", (None, hashlib.sha256(archive).hexdigest()))
+        prepare.prepare("movielens", out_dir=tmp_path / "good")
+        assert (cache / "ml-100k.zip").read_bytes() == archive
+        (www / "ml-100k.zip").unlink()
+        (cache / "ml-100k.zip").unlink()
+        with pytest.raises(Error, match="cannot download .*/ml-100k.zip: HTTP 404") as info:
+            prepare.prepare("movielens", out_dir=tmp_path / "missing")
+        assert "\n" not in str(info.value) and "--raw_dir" in str(info.value)
+    assert not list(cache.iterdir())
+
+
 def test_download_truncated_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     www = tmp_path / "www"
     www.mkdir()
