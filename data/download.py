@@ -9,6 +9,7 @@ partial is left in the cache. ``SDPO_DOWNLOAD_BASE`` replaces the download locat
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -182,7 +183,7 @@ def fetch(dataset: str, genre: str, required: list[tuple[str, ...]]) -> list[Pat
         if target.exists():
             verify_archive(target, name, needed, f"delete {target} and re-run")
         else:
-            download_file(url, target, hint, check=lambda part, name=name, needed=needed: verify_archive(
-                part, name, needed, f"retry, or {hint}"), sha256=EXPECTED_CHECKSUMS.get(name, (None, None))[1])
+            check = functools.partial(verify_archive, name=name, required=needed, advice=f"retry, or {hint}")
+            download_file(url, target, hint, check, sha256=EXPECTED_CHECKSUMS.get(name, (None, None))[1])
         paths.append(target)
     return paths

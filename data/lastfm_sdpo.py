@@ -6,6 +6,7 @@ From ``--raw_dir`` (or ``$SDPO_RAW_DIR``), else downloaded once from the authors
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,7 +65,7 @@ def fetch_release(raw_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
         target = folder / name
         if not target.exists():
             url = f"{base.rstrip('/')}/{name}"
-            download_file(url, target, _release_hint(), check=lambda part, url=url: _validate_download(part, url))
+            download_file(url, target, _release_hint(), functools.partial(_validate_download, url=url))
         paths[split] = target
     return paths
 
