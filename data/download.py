@@ -20,9 +20,6 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import pooch
-import requests
-
 from data import goodreads, lastfm, movielens
 from data.errors import DataPreparationError
 from data.raw_files import CHUNK_BYTES, member_basename
@@ -78,10 +75,10 @@ def offline_hint(dataset: str, genre: str) -> str:
     )
 
 
-def _connection_problem(exc: requests.RequestException) -> str:
+def _connection_problem(exc: Exception) -> str:
     """The short reason of a failed connection (``[Errno 111] Connection refused``), not urllib3's nested repr."""
     text = str(exc)
-    match = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    match = re.search(r"\[Errno -?\d+\][^'\")]*|IncompleteRead\([^)]*\)", text)
     if match:
         return match[0].strip()
     return type(exc).__name__ if len(text) > 200 else text
@@ -91,6 +88,9 @@ def download_file(url: str, target: Path, hint: str, check: Callable[[Path], Non
                   sha256: str | None = None) -> None:
     """Download ``url`` to ``target`` through pooch, via ``<target>.part``; kept only when ``check(part)``
     passes (and the sha256 matches, when given). A progress bar is shown on a terminal only."""
+    import pooch  # with requests: imported only for a download (a --raw_dir run does without them)
+    import requests
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -137,12 +137,18 @@ def verify_archive(path: Path, name: str, required: list[tuple[str, ...]], advic
     actual = path.stat().st_size
     if size is not None and actual != size:
         raise DataPreparationError(f"{path}: {actual} bytes, expected {size} (truncated or corrupt archive); {advice}")
-    if sha256 is not None and pooch.file_hash(str(path), alg="sha256") != sha256:
+    if sha256 is not None and _sha256_of(path) != sha256:
         raise DataPreparationError(f"{path}: sha256 mismatch (corrupt archive); {advice}")
     if name.endswith(".zip"):
         _verify_zip(path, required, advice)
     elif name.endswith(".gz"):
         _verify_gzip(path, advice)
+
+
+def _sha256_of(path: Path) -> str:
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def _verify_zip(path: Path, required: list[tuple[str, ...]], advice: str) -> None:
