@@ -21,7 +21,7 @@ else
 fi
 
 # ensure_dataset NAME: prepare data/NAME on first use (synthetic and folders need nothing). A raw archive
-# beside the checkout (../shared/data/raw/<name>) is used when there is one; otherwise prepare.py reads
+# beside the checkout (../shared/data/raw/<name>) is used when there is one; otherwise data.prepare reads
 # $SDPO_RAW_DIR or downloads the official archive.
 ensure_dataset() {
     local name=$1
@@ -29,8 +29,8 @@ ensure_dataset() {
     declare -A raw_name=([lastfm]=lastfm-2k [movielens]=ml-100k [goodreads]=goodreads)
     local local_raw="../shared/data/raw/${raw_name[$name]:-$name}"
     if [ -z "${SDPO_RAW_DIR:-}" ] && [ -d "$local_raw" ]; then
-        "$PYTHON" data/prepare.py --dataset "$name" --raw_dir "$local_raw"
+        "$PYTHON" -m data.prepare --dataset "$name" --raw_dir "$local_raw"
     else
-        "$PYTHON" data/prepare.py --dataset "$name"
+        "$PYTHON" -m data.prepare --dataset "$name"
     fi
 }

@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -200,17 +199,13 @@ def ensure_dataset(dataset: str) -> Path:
     if (folder / "train.json").exists() or folder != DATA_ROOT / dataset:
         return folder
     if dataset == SYNTHETIC_DATASET:
-        import importlib.util
+        from data import synthetic  # numpy: imported only when the synthetic data is generated
 
-        spec = importlib.util.spec_from_file_location("sdpo_synthetic", DATA_ROOT / "synthetic.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-        module.generate(folder)
+        synthetic.generate(folder)
         return folder
     if dataset in REAL_DATASETS:
         raise DataError(
-            f"{folder}: dataset '{dataset}' is not prepared; run `python data/prepare.py --dataset {dataset}` "
+            f"{folder}: dataset '{dataset}' is not prepared; run `python -m data.prepare --dataset {dataset}` "
             "(add --raw_dir DIR for a local copy of the raw archive), or use --dataset synthetic"
         )
     raise DataError(f"unknown dataset '{dataset}': use one of {', '.join(REAL_DATASETS + (SYNTHETIC_DATASET,))} "

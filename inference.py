@@ -65,7 +65,6 @@ def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int =
     `CandidateTree` per prompt), each continuation is one of its prompt's candidate completions.
     """
     import torch
-    from tqdm.auto import tqdm
 
     encoded = [di.encode_prompt(tokenizer, prompt, cutoff_len) for prompt in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length else list(range(len(encoded)))
@@ -74,7 +73,7 @@ def generate_outputs(model, tokenizer, prompts: Sequence[str], batch_size: int =
     pad_id = tokenizer.pad_token_id
     model.eval()
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generating", disable=not progress):
+    for batch in runtime.progress_bar(batches, "generating", progress):
         width = max(len(encoded[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -104,8 +103,6 @@ def score_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     after it) on batches of prompts of similar length.
     """
     import torch
-    from tqdm.auto import tqdm
-
     from trainer import SoftmaxDPOCollator, completion_logps
 
     rows = [{"prompt_input_ids": di.encode_prompt(tokenizer, prompt, cutoff_len),
@@ -117,7 +114,7 @@ def score_candidates(model, tokenizer, prompts: Sequence[str], candidates: Seque
     scores: list[list[float]] = [[] for _ in rows]
     model.eval()
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="ranking", disable=not progress):
+    for batch in runtime.progress_bar(batches, "ranking", progress):
         # Candidate counts may differ between records: batch rows with the same count together.
         by_count: dict[int, list[int]] = {}
         for index in batch:
@@ -144,7 +141,6 @@ def generate_and_score(model, tokenizer, prompts: Sequence[str], candidates: Seq
     rounding) as the two functions run separately.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import DynamicCache
 
     from trainer import SoftmaxDPOCollator
@@ -161,7 +157,7 @@ def generate_and_score(model, tokenizer, prompts: Sequence[str], candidates: Seq
     collate = SoftmaxDPOCollator(pad_id)
     model.eval()
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generating and ranking", disable=not progress):
+    for batch in runtime.progress_bar(batches, "generating and ranking", progress):
         # Candidate counts may differ between records: batch rows with the same count together.
         by_count: dict[int, list[int]] = {}
         for index in batch:

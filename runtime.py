@@ -38,6 +38,41 @@ def setup_logging() -> None:
     # bitsandbytes warns at import, on some CPUs, that its optional hub-downloaded kernels are missing; the
     # project never downloads code at run time, and the warning would break the one-line error contract.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_progress_bars_in_logs()
+
+
+def progress_bars_wanted() -> bool:
+    """Progress bars only on a terminal (they go to stderr): in a log file each of their carriage-return
+    updates is kept, thousands per epoch."""
+    return sys.stderr.isatty()
+
+
+def progress_bar(iterable, description: str, enabled: bool = True, **tqdm_options):
+    """`iterable` with a tqdm progress bar when `enabled` and stderr is a terminal, else as it is."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, disable=not (enabled and progress_bars_wanted()), **tqdm_options)
+
+
+def quiet_progress_bars_in_logs() -> None:
+    """When stderr is not a terminal, turn off the libraries' progress bars (transformers' weight loading and
+    saving, datasets, the hub); the Trainer's own bars follow `disable_tqdm` (`training_schedule_arguments`)."""
+    if progress_bars_wanted():
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub and transformers are imported
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def main(function) -> None:
@@ -275,6 +310,7 @@ def training_schedule_arguments(eval_step: int | float, run_name: str | None, re
         "warmup_steps": 0.05,  # a float below 1 is a ratio of the total steps
         "max_grad_norm": 0.3,
         "report_to": report,
+        "disable_tqdm": not progress_bars_wanted(),  # then the logged losses are printed as lines
         "run_name": run_name,
         "remove_unused_columns": False,
     }

@@ -97,8 +97,6 @@ def train_model(name: str, model: torch.nn.Module, train: EncodedSplit, val: Enc
 
     Returns {"epochs": epochs run, "best_epoch", "val_hr@1": of the best epoch}.
     """
-    from tqdm.auto import tqdm
-
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     shuffle = torch.Generator().manual_seed(seed)
     best_hr, best_epoch, best_state = -1.0, 0, None
@@ -107,7 +105,7 @@ def train_model(name: str, model: torch.nn.Module, train: EncodedSplit, val: Enc
         model.train()
         order = torch.randperm(len(train.records), generator=shuffle)
         total_loss = 0.0
-        batches = tqdm(order.split(batch_size), desc=f"{name} epoch {epoch}", disable=not progress, leave=False)
+        batches = runtime.progress_bar(order.split(batch_size), f"{name} epoch {epoch}", progress, leave=False)
         for batch in batches:
             loss = F.cross_entropy(model(train.histories[batch]), train.targets[batch])
             optimizer.zero_grad()

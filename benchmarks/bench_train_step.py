@@ -1,8 +1,8 @@
 """Cost of one S-DPO optimizer step against one SFT step, and of evaluation, on the same prompts and model.
 
-    python benchmarks/bench_train_step.py                          # tiny model, 2 threads, batch 4, N = 1 3 7 15
-    python benchmarks/bench_train_step.py --json bench.json --steps 5 --warmup 2
-    python benchmarks/bench_train_step.py --model_name smollm2-135m   # pretrained, 49k vocabulary
+    python -m benchmarks.bench_train_step                          # tiny model, 2 threads, batch 4, N = 1 3 7 15
+    python -m benchmarks.bench_train_step --json bench.json --steps 5 --warmup 2
+    python -m benchmarks.bench_train_step --model_name smollm2-135m   # pretrained, 49k vocabulary
 
 Each mode runs in a fresh subprocess (so its peak resident memory is its own), builds the same model with the same
 LoRA adapter (r=8 on q/k/v/o/gate/up/down) and the same random prompts, does ``--warmup`` steps, then times
@@ -33,6 +33,16 @@ each): ``generate_outputs`` then ``score_candidates`` (two passes over each prom
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_train_step.py`: run it as the module it is
+    import os
+    import sys
+    from pathlib import Path
+
+    _repo = str(Path(__file__).resolve().parents[1])
+    _path = os.pathsep.join(p for p in (_repo, os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "benchmarks.bench_train_step", *sys.argv[1:]]
+    os.execve(sys.executable, command, {**os.environ, "PYTHONPATH": _path})
+
 import argparse
 import json
 import logging
@@ -45,7 +55,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 logger = logging.getLogger("bench_train_step")
 
@@ -366,7 +375,7 @@ def eval_prompts_per_s(args) -> dict:
 
 
 def _worker_command(args, mode: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--_worker", mode,
+    return [sys.executable, "-m", "benchmarks.bench_train_step", "--_worker", mode,  # run in REPO
             *[f"--{k}={v}" for k, v in _shared_flags(args).items()]]
 
 

@@ -1,11 +1,23 @@
 """Effect of the LoRA-dropout mask layout on S-DPO gradients (docs/differences.md): shared (one mask for the
-prompt) vs concat (one per copy), 10 masks, random tiny LLaMA with LoRA r=8. Run from the repository root."""
-import sys, statistics, torch
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "tests"))
+prompt) vs concat (one per copy), 10 masks, random tiny LLaMA with LoRA r=8. Run from the repository root:
+``python -m benchmarks.dropout_masks`` (or ``python benchmarks/dropout_masks.py``)."""
+if __name__ == "__main__" and not __package__:  # `python benchmarks/dropout_masks.py`: run it as the module it is
+    import os
+    import sys
+    from pathlib import Path
+
+    _repo = str(Path(__file__).resolve().parents[1])
+    _path = os.pathsep.join(p for p in (_repo, os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "benchmarks.dropout_masks", *sys.argv[1:]]
+    os.execve(sys.executable, command, {**os.environ, "PYTHONPATH": _path})
+
+import statistics
+
+import torch
+
 torch.set_num_threads(1)
 from peft import LoraConfig, get_peft_model
-from test_shared_forward import tiny_llama, random_rows, batch_of
+from tests.test_shared_forward import tiny_llama, random_rows, batch_of
 from trainer.log_probs import completion_logps
 from trainer.softmax_dpo_trainer import sdpo_loss
 

@@ -14,7 +14,8 @@ import torch
 import data_interface as di
 from baselines.models import MODELS
 from baselines.train import run
-from conftest import REPO, SHARED, load_data_module
+from conftest import REPO, SHARED
+from data import prepare, synthetic
 
 NEURAL = sorted(MODELS)
 # Small and fast: the synthetic set has 2,679 training records; a few epochs at a higher rate suffice.
@@ -24,7 +25,7 @@ FAST = {"epochs": 8, "patience": 3, "batch_size": 64, "learning_rate": 3e-3, "th
 @pytest.fixture(scope="module")
 def synthetic_results(tmp_path_factory) -> tuple[dict, dict]:
     folder = tmp_path_factory.mktemp("synthetic300")
-    stats = load_data_module("synthetic").generate(folder, num_users=300, seed=0)
+    stats = synthetic.generate(folder, num_users=300, seed=0)
     results = run(dataset=str(folder), model="all", output_dir=str(folder / "out"), **FAST)
     return results, stats
 
@@ -93,7 +94,7 @@ def lastfm_slice(tmp_path_factory) -> Path:
     if not raw.is_dir():
         pytest.skip(f"shared raw data not found at {raw} (read-only copy of the official archive)")
     prepared = tmp_path_factory.mktemp("lastfm")
-    load_data_module("prepare").prepare("lastfm", raw_dir=raw, out_dir=prepared)
+    prepare.prepare("lastfm", raw_dir=raw, out_dir=prepared)
     return prepared
 
 

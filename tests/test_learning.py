@@ -15,7 +15,7 @@ import data_interface as di
 import inference
 import runtime
 import sft
-from conftest import load_data_module
+from data import synthetic
 from trainer import SoftmaxDPOCollator, completion_logps
 
 
@@ -41,7 +41,7 @@ def ranking_hit_ratio(model, tokenizer, records, templates) -> float:
 
 def test_sft_on_synthetic_data_learns_to_rank_the_true_item(tmp_path):
     folder = tmp_path / "synthetic"
-    stats = load_data_module("synthetic").generate(folder, seed=1)
+    stats = synthetic.generate(folder, seed=1)
     final = sft.train(model_name="tiny", dataset=str(folder), output_dir=str(tmp_path / "sft"), batch_size=16,
                       max_steps=150, eval_step=150, learning_rate=1e-2, max_eval_samples=16)
     data = runtime.load_stage_data(("test",), str(folder))

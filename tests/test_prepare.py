@@ -1,4 +1,4 @@
-"""Tests for data/prepare.py: real LastFM / MovieLens files (when shared/ is there),
+"""Tests for the data package (python -m data.prepare): real LastFM / MovieLens files (when shared/ is there),
 small fixtures in the raw formats, downloads from a local HTTP server, bad input."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
-import importlib.util
 import json
 import socket
 import subprocess
@@ -16,27 +15,18 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from data import download, goodreads, lastfm, lastfm_sdpo, locate_raw_files, movielens, prepare, protocol
+from data.errors import DataPreparationError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RAW = SHARED / "data" / "raw"
-SCRIPT = ROOT / "data" / "prepare.py"
+SCRIPT = ROOT / "data" / "prepare.py"  # the old command, `python data/prepare.py`, still works
 
-
-def _load_prepare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sdpo_data_prepare", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-prep = _load_prepare()
-Error = prep.DataPreparationError
+Error = DataPreparationError
 
 
 @pytest.fixture(autouse=True)
@@ -183,7 +173,7 @@ def check_records(folder: Path, n_items: int) -> int:
     assert all(name and name == name.strip(": ") and "::" not in name for name in names)
     known = set(names)
     total = 0
-    for split in prep.SPLITS:
+    for split in protocol.SPLITS:
         for record in read_records(folder, split):
             assert list(record) == ["historyList", "itemList", "trueSelection"]
             history = record["historyList"].split("::")
@@ -245,9 +235,9 @@ def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     folder = RAW / REAL[dataset]
     if not folder.is_dir():
         pytest.skip(f"shared raw data not found at {folder} (read-only copy of the official archive)")
-    prepared = prep.build(dataset, prep.resolve_source(dataset, folder))
+    prepared = prepare.build(dataset, locate_raw_files.resolve_source(dataset, folder))
     out = tmp_path_factory.mktemp(dataset)
-    prep.write_outputs(prepared.files, out)
+    prepare.write_outputs(prepared.files, out)
     return dataset, prepared, out
 
 
@@ -257,7 +247,7 @@ def test_real_counts_are_stable(real) -> None:
     for key in ("users", "items", "interactions", "samples", "mean_history_length"):
         assert stats[key] == expected[key], key
     assert {s: (v["users"], v["samples"]) for s, v in stats["splits"].items()} == expected["splits"]
-    assert stats["domain"] == prep.DOMAINS[dataset]
+    assert stats["domain"] == prepare.DOMAINS[dataset]
 
 
 def test_real_records_are_valid(real) -> None:
@@ -272,7 +262,7 @@ def test_real_splits_are_disjoint_and_time_ordered(real) -> None:
 def test_real_rerun_is_byte_identical(real, tmp_path: Path) -> None:
     dataset, _, out = real
     # also exercises the lenient --raw_dir: the parent of the dataset's folder
-    prep.prepare(dataset, raw_dir=RAW, out_dir=tmp_path / "again")
+    prepare.prepare(dataset, raw_dir=RAW, out_dir=tmp_path / "again")
     assert folder_bytes(tmp_path / "again") == folder_bytes(out)
 
 
@@ -283,22 +273,22 @@ def test_real_rerun_is_byte_identical(real, tmp_path: Path) -> None:
 
 def test_movielens_fixture(tmp_path: Path) -> None:
     raw = write_movielens(tmp_path / "raw" / "ml-100k")
-    stats = prep.prepare("movielens", raw_dir=tmp_path / "raw", out_dir=tmp_path / "out")
+    stats = prepare.prepare("movielens", raw_dir=tmp_path / "raw", out_dir=tmp_path / "out")
     assert (stats["users"], stats["items"], stats["interactions"]) == (12, 40, 240)
     assert stats["samples"] == 12 * (PER_USER - 3) == check_records(tmp_path / "out", 40)
     names = (tmp_path / "out" / "id2name.txt").read_text(encoding="utf-8").splitlines()
     assert names[4] == "4::The Usual Suspects" and names[5] == "5::Twin Movie" and names[6] == "6::Twin Movie (2)"
     assert names[7] == "7::Caf\u00e9 Society"
     # the history follows the timestamps (file order is reversed per user)
-    source = prep.resolve_source("movielens", raw)
-    sequences = prep.build_sequences(prep.read_movielens(source).events)
+    source = locate_raw_files.resolve_source("movielens", raw)
+    sequences = protocol.build_sequences(movielens.read_movielens(source).events)
     assert [item for item, _ in sequences["1"]] == [str(i) for i in reversed(_user_items(1))]
 
 
 def test_seed_changes_candidates_only(tmp_path: Path) -> None:
     raw = write_movielens(tmp_path / "ml")
-    prep.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "s0")
-    prep.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "s1", seed=1)
+    prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "s0")
+    prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "s1", seed=1)
     a, b = read_records(tmp_path / "s0", "train"), read_records(tmp_path / "s1", "train")
     assert [r["historyList"] for r in a] == [r["historyList"] for r in b]
     assert [r["trueSelection"] for r in a] == [r["trueSelection"] for r in b]
@@ -307,13 +297,13 @@ def test_seed_changes_candidates_only(tmp_path: Path) -> None:
 
 def test_lastfm_timestamps_file_is_preferred(tmp_path: Path) -> None:
     raw = write_lastfm(tmp_path / "lastfm")
-    data = prep.read_lastfm(prep.resolve_source("lastfm", raw))
+    data = lastfm.read_lastfm(locate_raw_files.resolve_source("lastfm", raw))
     assert data.files == ["artists.dat", "user_taggedartists-timestamps.dat"]
     assert data.dropped == {"tag_rows_with_unknown_artist": N_USERS}
     assert data.names["41"] == "Mot\u00f6rhead"  # latin-1 line among utf-8 ones
-    sequences = prep.build_sequences(data.events)
+    sequences = protocol.build_sequences(data.events)
     assert [item for item, _ in sequences["2"]] == [str(i) for i in reversed(_user_items(2))]
-    prepared = prep.build("lastfm", prep.resolve_source("lastfm", raw))
+    prepared = prepare.build("lastfm", locate_raw_files.resolve_source("lastfm", raw))
     assert prepared.stats["items"] == 40 and prepared.stats["users"] == 12
     check_splits(prepared)
     assert "Foo:Bar" in prepared.names and "Same Name (2)" in prepared.names and "Item 10" in prepared.names
@@ -321,23 +311,23 @@ def test_lastfm_timestamps_file_is_preferred(tmp_path: Path) -> None:
 
 def test_lastfm_dates_fallback(tmp_path: Path) -> None:
     raw = write_lastfm(tmp_path / "lastfm", with_timestamps=False)
-    data = prep.read_lastfm(prep.resolve_source("lastfm", raw))
+    data = lastfm.read_lastfm(locate_raw_files.resolve_source("lastfm", raw))
     assert data.files == ["artists.dat", "user_taggedartists.dat"]
-    sequences = prep.build_sequences(data.events)
+    sequences = protocol.build_sequences(data.events)
     assert [item for item, _ in sequences["2"]] == [str(i) for i in _user_items(2)]
-    stats = prep.prepare("lastfm", raw_dir=raw, out_dir=tmp_path / "out")
+    stats = prepare.prepare("lastfm", raw_dir=raw, out_dir=tmp_path / "out")
     assert stats["samples"] == check_records(tmp_path / "out", stats["items"])
 
 
 def test_goodreads_fixture(tmp_path: Path) -> None:
     raw = write_goodreads(tmp_path / "goodreads")
-    data = prep.read_goodreads(prep.resolve_source("goodreads", tmp_path), "poetry")
+    data = goodreads.read_goodreads(locate_raw_files.resolve_source("goodreads", tmp_path), "poetry")
     assert data.dropped == {"interactions_without_date": N_USERS, "interactions_with_unknown_book": N_USERS}
-    sequences = prep.build_sequences(data.events)
+    sequences = protocol.build_sequences(data.events)
     user = f"{3:032x}"
     # UTC order, not local-time order
     assert [item for item, _ in sequences[user]] == [str(i) for i in _user_items(3)]
-    stats = prep.prepare("goodreads", raw_dir=raw, out_dir=tmp_path / "out")
+    stats = prepare.prepare("goodreads", raw_dir=raw, out_dir=tmp_path / "out")
     assert stats["domain"] == "books" and stats["genre"] == "poetry"
     assert (stats["users"], stats["items"]) == (12, 40)
     assert stats["samples"] == check_records(tmp_path / "out", 40)
@@ -349,11 +339,11 @@ def test_goodreads_fixture(tmp_path: Path) -> None:
 
 def test_goodreads_caps(tmp_path: Path) -> None:
     raw = write_goodreads(tmp_path / "goodreads")
-    sequences = prep.build_sequences(prep.read_goodreads(prep.resolve_source("goodreads", raw)).events)
-    capped = prep.cap_items(sequences, 30)
+    sequences = protocol.build_sequences(goodreads.read_goodreads(locate_raw_files.resolve_source("goodreads", raw)).events)
+    capped = protocol.cap_items(sequences, 30)
     assert len({i for seq in capped.values() for i, _ in seq}) == 30
-    assert len(prep.cap_users(sequences, 5, 4)) == 5
-    assert prep.cap_users(sequences, 5, 4) == prep.cap_users(sequences, 5, 4)
+    assert len(protocol.cap_users(sequences, 5, 4)) == 5
+    assert protocol.cap_users(sequences, 5, 4) == protocol.cap_users(sequences, 5, 4)
 
 
 # ---------------------------------------------------------------------------
@@ -377,19 +367,19 @@ def test_goodreads_caps(tmp_path: Path) -> None:
     ],
 )
 def test_movielens_title(raw: str, expected: str) -> None:
-    assert prep.movielens_title(raw) == expected
+    assert movielens.movielens_title(raw) == expected
 
 
 def test_names_helpers() -> None:
     assert (
-        prep.goodreads_title("Harry Potter and the Sorcerer's Stone (Harry Potter, #1)")
+        goodreads.goodreads_title("Harry Potter and the Sorcerer's Stone (Harry Potter, #1)")
         == "Harry Potter and the Sorcerer's Stone"
     )
-    assert prep.goodreads_title("Odes (Penguin Classics)") == "Odes (Penguin Classics)"
-    assert prep.clean_name("  a:::b  c ", "1") == "a:b c" and prep.clean_name(" ", "7") == "Item 7"
-    assert prep.clean_name(":wumpscut:", "1") == "wumpscut" and prep.clean_name(" : :: ", "2") == "Item 2"
-    assert prep.unique_names(["A", "A", "A (2)", "B", "A"]) == ["A", "A (3)", "A (2)", "B", "A (4)"]
-    assert prep._goodreads_time("Mon Aug 01 13:41:57 -0700 2011", "f", 1) == 1312231317
+    assert goodreads.goodreads_title("Odes (Penguin Classics)") == "Odes (Penguin Classics)"
+    assert protocol.clean_name("  a:::b  c ", "1") == "a:b c" and protocol.clean_name(" ", "7") == "Item 7"
+    assert protocol.clean_name(":wumpscut:", "1") == "wumpscut" and protocol.clean_name(" : :: ", "2") == "Item 2"
+    assert protocol.unique_names(["A", "A", "A (2)", "B", "A"]) == ["A", "A (3)", "A (2)", "B", "A (4)"]
+    assert goodreads.goodreads_time("Mon Aug 01 13:41:57 -0700 2011", "f", 1) == 1312231317
 
 
 # ---------------------------------------------------------------------------
@@ -438,17 +428,42 @@ def test_download_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     movielens_zip(www / "ml-100k.zip", write_movielens(tmp_path / "fixture"))
     with serve(www) as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
-        first = prep.prepare("movielens", out_dir=tmp_path / "out1")
+        first = prepare.prepare("movielens", out_dir=tmp_path / "out1")
     cached = tmp_path / "cache" / "raw" / "ml-100k.zip"
     assert cached.read_bytes() == (www / "ml-100k.zip").read_bytes()
     assert sorted(p.name for p in cached.parent.iterdir()) == ["ml-100k.zip"]
     # the server is gone: the second run uses the cache
-    second = prep.prepare("movielens", out_dir=tmp_path / "out2")
+    second = prepare.prepare("movielens", out_dir=tmp_path / "out2")
     assert first == second and folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
-    monkeypatch.setitem(prep.EXPECTED_CHECKSUMS, "ml-100k.zip", (cached.stat().st_size, "0" * 64))
+    monkeypatch.setitem(download.EXPECTED_CHECKSUMS, "ml-100k.zip", (cached.stat().st_size, "0" * 64))
     with pytest.raises(Error, match="sha256 mismatch"):
-        prep.prepare("movielens", out_dir=tmp_path / "out3")
+        prepare.prepare("movielens", out_dir=tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_download_is_hash_checked_when_the_sha256_is_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    www = tmp_path / "www"
+    www.mkdir()
+    archive = movielens_zip(www / "ml-100k.zip", write_movielens(tmp_path / "fixture")).read_bytes()
+    cache = tmp_path / "cache" / "raw"
+    with serve(www) as base:
+        monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
+        monkeypatch.setitem(download.EXPECTED_CHECKSUMS, "ml-100k.zip", (None, "0" * 64))
+        with pytest.raises(Error, match="sha256 mismatch") as info:
+            prepare.prepare("movielens", out_dir=tmp_path / "bad")
+        assert "\n" not in str(info.value) and "--raw_dir" in str(info.value)
+        assert not (tmp_path / "bad").exists() and not list(cache.iterdir())  # nothing kept
+        monkeypatch.setitem(download.EXPECTED_CHECKSUMS, "ml-100k.zip", (None, hashlib.sha256(archive).hexdigest()))
+        prepare.prepare("movielens", out_dir=tmp_path / "good")
+        assert (cache / "ml-100k.zip").read_bytes() == archive
+        (www / "ml-100k.zip").unlink()
+        (cache / "ml-100k.zip").unlink()
+        with pytest.raises(Error, match="cannot download .*/ml-100k.zip: HTTP 404") as info:
+            prepare.prepare("movielens", out_dir=tmp_path / "missing")
+        assert "\n" not in str(info.value) and "--raw_dir" in str(info.value)
+    assert not list(cache.iterdir())
 
 
 def test_download_truncated_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,7 +474,7 @@ def test_download_truncated_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with serve(www) as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
         with pytest.raises(Error, match="truncated or corrupt") as info:
-            prep.prepare("movielens", out_dir=tmp_path / "out")
+            prepare.prepare("movielens", out_dir=tmp_path / "out")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "cache" / "raw").iterdir())  # no partial file left behind
@@ -469,7 +484,7 @@ def test_download_short_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with serve(tmp_path, _ShortReadHandler) as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
         with pytest.raises(Error, match="truncated"):
-            prep.prepare("lastfm", out_dir=tmp_path / "out")
+            prepare.prepare("lastfm", out_dir=tmp_path / "out")
     assert not list((tmp_path / "cache" / "raw").iterdir())
 
 
@@ -479,7 +494,7 @@ def test_offline_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         port = probe.getsockname()[1]
     monkeypatch.setenv("SDPO_DOWNLOAD_BASE", f"http://127.0.0.1:{port}")
     with pytest.raises(Error) as info:
-        prep.prepare("lastfm", out_dir=tmp_path / "out")
+        prepare.prepare("lastfm", out_dir=tmp_path / "out")
     message = str(info.value)
     assert "\n" not in message and "hetrec2011-lastfm-2k.zip" in message
     assert "--raw_dir" in message and "SDPO_RAW_DIR" in message and "--dataset synthetic" in message
@@ -488,8 +503,8 @@ def test_offline_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_raw_dir_env_and_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = movielens_zip(tmp_path / "ml-100k.zip", write_movielens(tmp_path / "fixture"))
     monkeypatch.setenv("SDPO_RAW_DIR", str(tmp_path))  # folder holding the official zip
-    stats = prep.prepare("movielens", out_dir=tmp_path / "a")
-    assert stats == prep.prepare("movielens", raw_dir=archive, out_dir=tmp_path / "b")  # the zip itself
+    stats = prepare.prepare("movielens", out_dir=tmp_path / "a")
+    assert stats == prepare.prepare("movielens", raw_dir=archive, out_dir=tmp_path / "b")  # the zip itself
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
 
 
@@ -508,7 +523,7 @@ def _assert_fails_cleanly(dataset: str, raw: Path, out: Path, *fragments: str) -
     out.mkdir(exist_ok=True)
     (out / "train.json").write_text("old content")
     with pytest.raises(Error) as info:
-        prep.prepare(dataset, raw_dir=raw, out_dir=out)
+        prepare.prepare(dataset, raw_dir=raw, out_dir=out)
     message = str(info.value)
     assert "\n" not in message
     for fragment in fragments:
@@ -583,43 +598,53 @@ def test_truncated_gzip_and_zip(tmp_path: Path) -> None:
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(Error, match="unknown dataset"):
-        prep.prepare("steam", raw_dir=tmp_path)
+        prepare.prepare("steam", raw_dir=tmp_path)
     with pytest.raises(Error, match="--seed must be an integer"):
-        prep.prepare("movielens", raw_dir=tmp_path, seed="x")
+        prepare.prepare("movielens", raw_dir=tmp_path, seed="x")
     with pytest.raises(Error, match="Goodreads genre"):
-        prep.prepare("goodreads", raw_dir=tmp_path, genre="cooking")
+        prepare.prepare("goodreads", raw_dir=tmp_path, genre="cooking")
 
 
-def test_cli(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "data.prepare"],  # run from the repository root
+        [sys.executable, str(SCRIPT)],  # the old command, here run from another folder
+    ],
+    ids=["module", "script"],
+)
+def test_cli(tmp_path: Path, command: list[str]) -> None:
     raw = write_movielens(tmp_path / "ml")
+    cwd = ROOT if "-m" in command else tmp_path
     ok = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--dataset",
-            "movielens",
-            "--raw_dir",
-            str(raw),
-            "--out_dir",
-            str(tmp_path / "out"),
-        ],
+        [*command, "--dataset", "movielens", "--raw_dir", str(raw), "--out_dir", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
     assert ok.returncode == 0, ok.stderr
     assert "12 users, 40 items, 240 interactions" in ok.stdout and "train" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dataset", "movielens", "--raw_dir", str(tmp_path / "nope")],
+        [*command, "--dataset", "movielens", "--raw_dir", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     assert bad.stdout == ""
+
+
+def test_package_imports() -> None:
+    """`from data import prepare` gives the command's module; the old single module's API is in it."""
+    from data import prepare as imported
+
+    assert imported.prepare is prepare.prepare and imported.DataPreparationError is DataPreparationError
+    assert imported.SPLITS == ("train", "val", "test") and set(imported.READERS) == {"lastfm", "movielens", "goodreads"}
 
 
 # ---------------------------------------------------------------------------
@@ -654,7 +679,7 @@ def test_release_split_downloads_validates_and_records_sha256(tmp_path: Path, mo
     contents = _release_files(tmp_path / "www")
     with serve(tmp_path / "www") as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
-        stats = prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+        stats = prepare.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
     for split, content in contents.items():
         assert (tmp_path / "out" / f"{split}.json").read_bytes() == content  # used as published
         assert stats["files_sha256"][f"lastfm-{split}.json"] == hashlib.sha256(content).hexdigest()
@@ -665,8 +690,8 @@ def test_release_split_downloads_validates_and_records_sha256(tmp_path: Path, mo
     files = di.resolve_data_files(str(tmp_path / "out"))
     assert files.domain == "music" and len(di.load_records(files.test)) == stats["splits"]["test"]["samples"]
     # Cached: a second run needs no server; a --raw_dir holding the three files gives the same output.
-    assert prep.prepare("lastfm-sdpo", out_dir=tmp_path / "again") == stats
-    assert prep.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "local") == stats
+    assert prepare.prepare("lastfm-sdpo", out_dir=tmp_path / "again") == stats
+    assert prepare.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "local") == stats
 
 
 def test_release_split_counts_users_of_sliding_windows() -> None:
@@ -677,14 +702,14 @@ def test_release_split_counts_users_of_sliding_windows() -> None:
 
     # user 1: abc->d, abcd->e; user 2: pqr->s; user 3 starts with a history that does not continue s.
     records = [rec("abc", "d"), rec("abcd", "e"), rec("pqr", "s"), rec("zzz", "q")]
-    assert prep.count_sequences(records) == 3
+    assert lastfm_sdpo.count_sequences(records) == 3
     full = [rec("abcdefghij", "k"), rec("bcdefghijk", "l")]  # a 10-item window slides by one
-    assert prep.count_sequences(full) == 1
+    assert lastfm_sdpo.count_sequences(full) == 1
 
 
 def test_release_split_offline_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(Error) as info:  # SDPO_DOWNLOAD_BASE is the discard port: nobody answers
-        prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+        prepare.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
     message = str(info.value)
     assert "\n" not in message and "lastfm-train.json, lastfm-val.json, lastfm-test.json" in message
     assert "--raw_dir" in message and "sample_data/lastfm-sft-cans20" in message
@@ -695,10 +720,10 @@ def test_release_split_offline_and_bad_files(tmp_path: Path, monkeypatch: pytest
     with serve(tmp_path / "www") as base:
         monkeypatch.setenv("SDPO_DOWNLOAD_BASE", base)
         with pytest.raises(Error, match=r"/lastfm-val.json: record 3: field 'trueSelection' 'Nobody'") as info:
-            prep.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
+            prepare.prepare("lastfm-sdpo", out_dir=tmp_path / "out")
     assert str(info.value).startswith("http://127.0.0.1:")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in (tmp_path / "cache" / "raw" / "lastfm-sdpo").iterdir()) == ["lastfm-train.json"]
     (tmp_path / "www" / "lastfm-test.json").unlink()
     with pytest.raises(Error, match="lastfm-test.json: file missing; to work offline put"):
-        prep.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "out")
+        prepare.prepare("lastfm-sdpo", raw_dir=tmp_path / "www", out_dir=tmp_path / "out")

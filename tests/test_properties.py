@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import data_interface as di
-from conftest import load_data_module
-
-prepare = load_data_module("prepare")
+from data.errors import DataPreparationError
+from data.goodreads import read_goodreads
+from data.lastfm import LASTFM_ARTISTS, LASTFM_TIMESTAMPS, read_lastfm
+from data.movielens import ML_ITEMS, ML_RATINGS, read_movielens
+from data.raw_files import DirSource
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -153,16 +155,16 @@ def _raw_source(files: dict[str, str | bytes]):
     for name, content in files.items():
         data = content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass")
         (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
-    return prepare.DirSource(folder)
+    return DirSource(folder)
 
 
 @SETTINGS
 @given(raw_rows, raw_rows)
 def test_any_lastfm_files_give_data_or_a_one_line_error(artists, tags):
-    source = _raw_source({prepare.LASTFM_ARTISTS: "\n".join(artists), prepare.LASTFM_TIMESTAMPS: "\n".join(tags)})
+    source = _raw_source({LASTFM_ARTISTS: "\n".join(artists), LASTFM_TIMESTAMPS: "\n".join(tags)})
     try:
-        data = prepare.read_lastfm(source)
-    except prepare.DataPreparationError as error:
+        data = read_lastfm(source)
+    except DataPreparationError as error:
         assert "\n" not in str(error) and str(source.folder) in str(error)
     else:
         assert all(artist in data.names for _, artist, _ in data.events)
@@ -171,13 +173,13 @@ def test_any_lastfm_files_give_data_or_a_one_line_error(artists, tags):
 @SETTINGS
 @given(raw_rows, st.lists(st.text(max_size=60), max_size=4), st.binary(max_size=60))
 def test_any_movielens_files_give_data_or_a_one_line_error(ratings, items, garbage):
-    files = {prepare.ML_RATINGS: "\n".join(ratings) + "\n", prepare.ML_ITEMS: "\n".join(items)}
+    files = {ML_RATINGS: "\n".join(ratings) + "\n", ML_ITEMS: "\n".join(items)}
     if garbage:
-        files[prepare.ML_RATINGS] = garbage
+        files[ML_RATINGS] = garbage
     source = _raw_source(files)
     try:
-        data = prepare.read_movielens(source)
-    except prepare.DataPreparationError as error:
+        data = read_movielens(source)
+    except DataPreparationError as error:
         assert "\n" not in str(error) and str(source.folder) in str(error)
     else:
         assert all(item in data.names for _, item, _ in data.events)
@@ -195,8 +197,8 @@ def test_any_goodreads_files_give_data_or_a_one_line_error(books, interactions, 
         path = source.folder / interactions_file
         path.write_bytes(path.read_bytes()[:-6])
     try:
-        data = prepare.read_goodreads(source, genre)
-    except prepare.DataPreparationError as error:
+        data = read_goodreads(source, genre)
+    except DataPreparationError as error:
         assert "\n" not in str(error) and str(source.folder) in str(error)
     else:
         assert all(book in data.names for _, book, _ in data.events)

@@ -94,7 +94,7 @@ def _sleep_cells(root: Path, count: int) -> list[reproduce.Cell]:
 
 
 def test_kill_9_loses_only_the_cell_in_progress_and_kills_its_child(tmp_path):
-    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+    harness = ("import sys; import tests.test_reproduce as t, reproduce; "
                f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
                "sys.exit(len(reproduce.run_cells(t._sleep_cells(root, 4), root)))")
     process = subprocess.Popen([sys.executable, "-c", harness], cwd=REPO)
@@ -137,7 +137,7 @@ def test_two_harness_processes_share_a_matrix_each_cell_once_and_in_dependency_o
     processes take cells, and a cell starts only after the cells it needs have finished, even when another
     process ran them."""
     needs = {"a": (), "b": (), "c": ("a", "b"), "d": ("c",), "e": (), "f": ("d",)}
-    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+    harness = ("import sys; import tests.test_reproduce as t, reproduce; "
                f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
                f"sys.exit(len(reproduce.run_cells(t._timed_cells(root, {needs!r}), root, poll_seconds=0.1)))")
     processes = [subprocess.Popen([sys.executable, "-c", harness], cwd=REPO) for _ in range(2)]
@@ -167,7 +167,7 @@ def _two_matrices(tmp_path: Path) -> list[reproduce.Cell]:
 def test_workers_take_the_next_models_cells_while_the_first_waits_for_its_sft(tmp_path):
     """What `--jobs 2` over several models does: one queue, records per model, no idle worker while the
     first model's SFT runs."""
-    harness = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+    harness = ("import sys; import tests.test_reproduce as t, reproduce; "
                f"from pathlib import Path; sys.exit(len(reproduce.run_cells(t._two_matrices(Path({str(tmp_path)!r})), "
                "poll_seconds=0.1)))")
     processes = [subprocess.Popen([sys.executable, "-c", harness], cwd=REPO) for _ in range(2)]
@@ -195,7 +195,7 @@ def test_a_cell_held_by_another_process_is_waited_for_then_not_rerun(tmp_path):
     cells = _timed_cells(tmp_path, {"a": (), "b": ("a",)}, seconds=0.2)
     lock = reproduce._claim(tmp_path / "locks", "a")  # another process is running a
     waiter = subprocess.Popen([sys.executable, "-c", (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); import tests.test_reproduce as t, reproduce; "
+        "import sys; import tests.test_reproduce as t, reproduce; "
         f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
         "sys.exit(len(reproduce.run_cells(t._timed_cells(root, {'a': (), 'b': ('a',)}, 0.2), root, 0.1)))")], cwd=REPO)
     time.sleep(1.5)

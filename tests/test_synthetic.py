@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "data"))
+from data import synthetic
 
-import synthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPLITS = ("train", "val", "test")
 OUTPUT_FILES = ("train.json", "val.json", "test.json", "id2name.txt", "stats.json")
