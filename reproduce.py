@@ -17,15 +17,21 @@ the next ones need (several harnesses started by hand on one output root coopera
 
 At the end (and with `--report_only`) the finished cells are collected into `results/<dataset>/<model>/`:
 `table.md` and `table.csv` (Table 1: mean ± std over seeds), `results.json` (every number with its
-config, seed, wall time and git commit) and PNG figures: HR@1 against the number of negatives and
-against beta, and DPO vs S-DPO training curves (rewards, margin, chosen log-prob).
+config, seed, command, wall time, git commit and `git_dirty`: whether tracked files differed from that
+commit; the whole run's wall time), `per_prompt.csv.gz` (every evaluation's per-prompt target ranks, from
+which the paired differences recompute: `recompute_paired_differences`) and PNG figures: HR@1 against
+the number of negatives and against beta, and DPO vs S-DPO training curves (rewards, margin, chosen
+log-prob). table.md is a function of results.json alone (`format_report`); a report written by an older
+version is redrawn with `python -c "import reproduce; reproduce.rewrite_report('results/lastfm/tiny')"`.
 """
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import logging
 import math
@@ -34,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import data_interface as di
@@ -255,12 +261,28 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
 # Running
 
 
-def git_commit() -> str:
+def _git(*args: str, cwd: Path = REPO) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return None
+
+
+def git_commit(cwd: Path = REPO) -> str:
+    out = _git("rev-parse", "HEAD", cwd=cwd)
+    return out.strip() if out else "unknown"
+
+
+def git_dirty(cwd: Path = REPO) -> bool | None:
+    """True when tracked files differ from the commit (untracked files do not count: outputs, data and
+    virtual environments live in the tree); None outside a git checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return None if out is None else bool(out.strip())
+
+
+def git_state(cwd: Path = REPO) -> dict:
+    """{"git_commit", "git_dirty"}: what a run's numbers were computed by."""
+    return {"git_commit": git_commit(cwd), "git_dirty": git_dirty(cwd)}
 
 
 def _die_with_parent() -> None:
@@ -326,6 +348,7 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     needs = {need: _digest(records / f"{need}.json") for need in cell.needs}  # the inputs it is made from
     if cell.kind in RESUME_FLAGS:
         runtime.save_json(cell.output / CELL_COMMAND_FILE, {"command": cell.command})
+    state = git_state()  # at the start: the code the cell runs, even if the tree changes while it runs
     start = time.time()
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(" ".join(command) + "\n")
@@ -335,10 +358,12 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     if returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"cell {cell.name} failed (exit {returncode}): {tail[0][:300]} [log: {log}]")
+    if git_state() != state:  # the tree changed while the cell ran (code may be imported late): not one commit's
+        state["git_dirty"] = True
     record = {"name": cell.name, "kind": cell.kind, "command": command, "cell_command": cell.command,
               "needs": needs, "info": cell.info,
               "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "git_commit": git_commit()}
+              **state}
     runtime.save_json(records / f"{cell.name}.json", record)
     return record
 
@@ -466,38 +491,67 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dict:
-    """Every finished cell's numbers, plus the reference rows on the same evaluation prompts."""
+    """Every finished cell's numbers, plus the reference rows on the same evaluation prompts.
+
+    Per prompt (in the sample's order; `prompt_indices` = their places in the test split): `ranks` (the
+    target's rank among the candidates, of every ranked evaluation, popularity and the baselines),
+    `hits` (rank 1) and `gen_hits` (generation's HR@1 hit, where the evaluation generated)."""
     data = runtime.load_stage_data(("train", "test"), dataset)
     test = di.sample_records(data.test, plan.eval.get("max_samples"), plan.eval_seed)
+    place = {id(record): index for index, record in enumerate(data.test)}
     references = di.reference_metrics(data.train, test)
-    hits = {"popularity": [int(rank == 1) for rank in di.popularity_ranks(data.train, test)]}
+    ranks = {"popularity": di.popularity_ranks(data.train, test)}
+    gen_hits: dict[str, list[int]] = {}
     runs: dict[str, dict] = {}
+    dirty: dict[str, list[bool | None]] = {}
     for cell in cells:
         record = current_record(cell, root)
         if not record:
             continue
+        # Older records have no git_dirty, and it is None outside a git checkout: then it is left out.
+        provenance = {key: record[key] for key in ("git_commit", "git_dirty") if record.get(key) is not None}
         if cell.kind == "baselines":
             for name in plan.baselines:
                 metrics = _read(cell.output / name / inference_metrics_file())
                 if metrics:
-                    references[name] = metrics
+                    references[name] = {**metrics, "command": record["command"], **provenance}
+                    rows = _read_jsonl(cell.output / name / inference_predictions_file())
+                    if rows:
+                        ranks[name] = [row["rank"] for row in rows]
             continue
-        entry = runs.setdefault(cell.info.get("trained", cell.name), {"info": cell.info})
+        name = cell.info.get("trained", cell.name)
+        entry = runs.setdefault(name, {"info": cell.info})
         if cell.kind == "eval":
             entry["metrics"] = _read(cell.output / inference_metrics_file())
-            ranks = prompt_ranks(cell.output)
-            if ranks:
-                hits[cell.info.get("trained", cell.name)] = [int(rank == 1) for rank in ranks]
+            rows = _read_jsonl(cell.output / inference_predictions_file())
+            if rows and all("target_rank" in row for row in rows):
+                ranks[name] = [row["target_rank"] for row in rows]
+            if rows and all("hit" in row for row in rows):
+                gen_hits[name] = [int(row["hit"]) for row in rows]
             entry["eval_seconds"] = record["wall_seconds"]
             entry["eval_command"] = record["command"]
+            if entry.get("git_commit", record["git_commit"]) != record["git_commit"]:
+                entry["eval_git_commit"] = record["git_commit"]  # evaluated by other code than it was trained by
         else:
             entry["train_seconds"] = record["wall_seconds"]
             entry["config"] = _read(cell.output / "run_info.json").get("flags", {})
             entry["train_command"] = record["command"]
             entry["log_history"] = _read(cell.output / "log_history.json").get("log_history", [])
-        entry["git_commit"] = record["git_commit"]
+        entry.setdefault("git_commit", record["git_commit"])  # the first cell's: training, then its evaluation
+        dirty.setdefault(name, []).append(record.get("git_dirty"))  # None: a record from before git_dirty
+    for name, flags in dirty.items():
+        if None not in flags:  # unknown for any of its cells: left out ("not recorded" in table.md)
+            runs[name]["git_dirty"] = any(flags)
     return {"model": plan.model_name, "dataset": Path(dataset).name, "eval_records": len(test), "eval_seed": plan.eval_seed,
-            "references": references, "runs": runs, "hits": hits}
+            "references": references, "runs": runs, "ranks": ranks, "gen_hits": gen_hits,
+            "hits": {name: [int(rank == 1) for rank in values] for name, values in ranks.items()},
+            "prompt_indices": [place[id(record)] for record in test]}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def inference_metrics_file() -> str:
@@ -506,16 +560,10 @@ def inference_metrics_file() -> str:
     return inference.METRICS_FILE
 
 
-def prompt_ranks(folder: Path) -> list[int]:
-    """The target's rank at every prompt of an evaluation (predictions.jsonl, in the sample's order); [] if
-    it has no ranking."""
+def inference_predictions_file() -> str:
     import inference
 
-    path = folder / inference.PREDICTIONS_FILE
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [row["target_rank"] for row in rows] if rows and all("target_rank" in row for row in rows) else []
+    return inference.PREDICTIONS_FILE
 
 
 def method_runs(plan: ModelPlan) -> dict[str, list[str]]:
@@ -546,13 +594,19 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
         if not runs_a or not runs_b:
             continue
         pairs = list(zip(runs_a, runs_b)) if len(runs_b) > 1 else [(name, runs_b[0]) for name in runs_a]
-        per_seed = [(sum(hits[x]) - sum(hits[y])) / len(hits[x]) for x, y in pairs]
-        first = [x - y for x, y in zip(hits[pairs[0][0]], hits[pairs[0][1]])]
-        mean, std = _mean_std(per_seed)
-        comparisons.append({"comparison": f"{a} − {b}", "mean": mean, "std": std, "per_seed": per_seed,
-                            "ahead": sum(d > 0 for d in per_seed), "runs": len(pairs), "n": len(first),
-                            "prompt_se": _mean_std(first)[1] / math.sqrt(len(first))})
+        comparisons.append({"comparison": f"{a} − {b}", **difference_statistics(pairs, hits),
+                            "pairs": [list(pair) for pair in pairs]})
     return comparisons
+
+
+def difference_statistics(pairs: list[tuple[str, str]], hits: dict[str, list[int]]) -> dict:
+    """Mean and std over `pairs` (A's run, B's run) of HR@1(A) − HR@1(B); `prompt_se`: the standard error of
+    the mean per-prompt difference of the first pair."""
+    per_seed = [(sum(hits[x]) - sum(hits[y])) / len(hits[x]) for x, y in pairs]
+    first = [x - y for x, y in zip(hits[pairs[0][0]], hits[pairs[0][1]])]
+    mean, std = _mean_std(per_seed)
+    return {"mean": mean, "std": std, "per_seed": per_seed, "ahead": sum(d > 0 for d in per_seed),
+            "runs": len(pairs), "n": len(first), "prompt_se": _mean_std(first)[1] / math.sqrt(len(first))}
 
 
 def format_differences(comparisons: list[dict]) -> str:
@@ -615,119 +669,309 @@ def write_csv(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def sweep_points(plan: ModelPlan, collected: dict, over: str) -> list[tuple[float, float, float, int]]:
-    """(x, mean, std, seeds) of rank HR@1 over the negatives (beta 1) or over beta (main negatives)."""
-    points = []
-    xs = plan.negatives if over == "negatives" else plan.betas
-    for x in xs:
-        negatives, beta = (x, 1.0) if over == "negatives" else (plan.main_negatives, x)
-        values = [run["metrics"]["rank_hr@1"] for name, run in collected["runs"].items()
-                  if run.get("metrics") and "rank_hr@1" in run["metrics"]
-                  and run["info"].get("negatives") == negatives and run["info"].get("beta") == beta]
-        if values:
-            points.append((x, *_mean_std(values), len(values)))
-    return points
+PER_PROMPT_FILE = "per_prompt.csv.gz"  # beside results.json: every evaluation's per-prompt ranks and hits
 
 
-def plot_figures(plan: ModelPlan, collected: dict, folder: Path) -> list[str]:
-    """PNG figures; returns their file names."""
+def write_per_prompt(collected: dict, path: Path) -> None:
+    """One row per evaluated prompt: `index` (its place in the test split), `rank/<run>` (the target's rank
+    among the candidates: popularity, the baselines, every ranked LM evaluation) and `gen_hit/<run>` (1 when
+    generation named the target). Gzipped without a timestamp: the same numbers give the same bytes."""
+    columns = {"index": collected["prompt_indices"]}
+    columns.update({f"rank/{name}": values for name, values in collected["ranks"].items()})
+    columns.update({f"gen_hit/{name}": values for name, values in collected["gen_hits"].items()})
+    lines = [",".join(columns)] + [",".join(map(str, row)) for row in zip(*columns.values())]
+    data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def read_per_prompt(path: Path) -> dict[str, list[int]]:
+    """`write_per_prompt`'s columns: {column name: one int per prompt}."""
+    rows = list(csv.reader(io.StringIO(gzip.decompress(path.read_bytes()).decode("utf-8"))))
+    return {name: [int(value) for value in column] for name, *column in zip(*rows)}
+
+
+def recompute_paired_differences(folder: Path) -> list[dict]:
+    """The paired differences of `folder/results.json`, recomputed from the per-prompt ranks committed beside it
+    (raises FileNotFoundError for a report written before they were kept)."""
+    columns = read_per_prompt(folder / PER_PROMPT_FILE)
+    hits = {key.split("/", 1)[1]: [int(rank == 1) for rank in values]
+            for key, values in columns.items() if key.startswith("rank/")}
+    return [{"comparison": c["comparison"], **difference_statistics([tuple(pair) for pair in c["pairs"]], hits),
+             "pairs": c["pairs"]} for c in _read(folder / "results.json")["paired_differences"]]
+
+
+def _main_negatives(payload: dict) -> int:
+    """The N of Table 1's S-DPO row (older results.json files have no `plan`: read from the row's name)."""
+    if "plan" in payload:
+        return payload["plan"]["main_negatives"]
+    return next(int(row["method"].split("N=")[1].rstrip(")")) for row in payload["table"]
+                if row["method"].startswith("S-DPO"))
+
+
+def sweep_points(payload: dict, over: str) -> dict[float, dict[int, float]]:
+    """{x: {seed: rank HR@1}} over the negatives (beta 1) or over beta (Table 1's N)."""
+    main = _main_negatives(payload)
+    points: dict[float, dict[int, float]] = {}
+    for run in payload["runs"].values():
+        info, metrics = run["info"], run.get("metrics") or {}
+        if "rank_hr@1" not in metrics or "negatives" not in info:
+            continue
+        if over == "negatives" and info["beta"] == 1.0:
+            points.setdefault(info["negatives"], {})[info["seed"]] = metrics["rank_hr@1"]
+        elif over == "beta" and info["negatives"] == main:
+            points.setdefault(info["beta"], {})[info["seed"]] = metrics["rank_hr@1"]
+    return dict(sorted(points.items()))
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
+
+
+SWEEP_AXES = {"negatives": "negatives N per prompt (1 = DPO), log scale",
+              "beta": "β (dimensionless), log scale"}
+HR1_AXIS = "HR@1 (rank): fraction of test prompts"
+
+
+def sweep_figure(payload: dict, over: str):
+    """HR@1 against N or β: every point at the seeds all points share (one line), plus mean ± std over seeds
+    where a point has more (Table 1's runs); None with fewer than two points."""
+    import matplotlib.pyplot as plt
+
+    points = sweep_points(payload, over)
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    xs = list(points)
+    shared = sorted(set.intersection(*(set(seeds) for seeds in points.values())))
+    if shared:
+        line = [sum(points[x][s] for s in shared) / len(shared) for x in xs]
+        label = f"{_seeds_label(shared)} at every point (n={len(shared)} each)"
+    else:  # no seed in common: each point's lowest seed, named in the label
+        line = [points[x][min(points[x])] for x in xs]
+        label = "lowest seed of each point (seeds differ)"
+    ax.plot(xs, line, marker="o", color="tab:blue", label=label)
+    several = [(x, _mean_std(list(points[x].values())), len(points[x])) for x in xs if len(points[x]) > len(shared)]
+    if several:
+        shift = 2 ** 0.1  # beside the single-seed point at the same x (log axis)
+        ax.errorbar([x * shift for x, _, _ in several], [m for _, (m, _), _ in several],
+                    yerr=[s for _, (_, s), _ in several], fmt="s", color="tab:green", capsize=4, markersize=5,
+                    label="mean over n seeds; error bar: ± 1 std over seeds")
+        for x, (mean, std), count in several:
+            ax.annotate(f"n={count}", (x * shift, mean + std), textcoords="offset points", xytext=(0, 3),
+                        ha="center", fontsize=7, color="tab:green")
+    sft = [run["metrics"]["rank_hr@1"] for name, run in payload["runs"].items()
+           if name.startswith("sft-") and "rank_hr@1" in (run.get("metrics") or {})]
+    if sft:
+        ax.axhline(sum(sft) / len(sft), color="gray", linestyle="--",
+                   label=f"SFT ({len(sft)} run{'s' if len(sft) > 1 else ''}, the start of every point)")
+    ax.axhline(payload["references"]["popularity"]["rank_hr@1"], color="tab:red", linestyle=":", label="popularity")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel(SWEEP_AXES[over])
+    ax.set_ylabel(HR1_AXIS)
+    fixed = "β = 1" if over == "negatives" else f"N = {_main_negatives(payload)}"
+    ax.set_title(f"{payload['model']} on {payload['dataset']}, {fixed}, n = {payload['eval_records']} test prompts",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+CURVES = (("rewards/chosen", "chosen reward", "reward β·log(π/π_ref) (nats)"),
+          ("rewards/rejected", "rejected reward (mean over negatives)", "reward β·log(π/π_ref) (nats)"),
+          ("rewards/margins", "margin: chosen − mean rejected", "reward margin (nats)"),
+          ("logps/chosen", "log p(chosen)", "log-prob of the chosen item (nats)"))
+
+
+def curves_figure(payload: dict):
+    """DPO and S-DPO training curves of Table 1's runs (beta 1): one thin line per seed, thick = their mean
+    at the steps every seed logged; None without logged runs."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    main = _main_negatives(payload)
+    curves = {}  # label -> the log histories of its Table 1 runs, one per seed
+    for label, n in (("DPO", 1), (f"S-DPO N={main}", main)):
+        runs = sorted((run["info"]["seed"], run["log_history"]) for run in payload["runs"].values()
+                      if run["info"].get("negatives") == n and run["info"].get("beta") == 1.0 and run.get("log_history"))
+        if "plan" in payload:  # Table 1's seeds only (a sweep point may add another)
+            runs = [(seed, history) for seed, history in runs if seed in payload["plan"]["preference_seeds"]]
+        if runs:
+            curves[label] = [history for _, history in runs]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(15, 3.6))
+    for ax, (key, title, ylabel) in zip(axes, CURVES):
+        for color, (label, histories) in zip(("tab:blue", "tab:orange"), curves.items()):
+            series = [{entry["step"]: entry[key] for entry in history if key in entry and "eval_loss" not in entry}
+                      for history in histories]
+            for values in series:  # one thin line per seed: a seed that drifts stays visible
+                ax.plot(list(values), list(values.values()), color=color, alpha=0.25, linewidth=0.7)
+            steps = sorted(set.intersection(*(set(values) for values in series)))
+            ax.plot(steps, [sum(values[step] for values in series) / len(series) for step in steps], color=color,
+                    label=f"{label}: mean of {len(series)} seed{'s' if len(series) > 1 else ''}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel, fontsize=8)
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="gray", alpha=0.4, linewidth=0.7, label="thin: one seed (no error bars)"))
+    axes[0].legend(handles=handles, fontsize=7)
+    fig.suptitle(f"training curves (values on training batches), {payload['model']} on {payload['dataset']}, β = 1",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_figures(payload: dict, folder: Path) -> list[str]:
+    """The PNG figures of a report (from its results.json payload); returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figures = {f"hr1_vs_{over}.png": sweep_figure(payload, over) for over in ("negatives", "beta")}
+    figures["training_curves.png"] = curves_figure(payload)
     written = []
-    references = collected["references"]
-    sft = [run["metrics"]["rank_hr@1"] for name, run in collected["runs"].items()
-           if name.startswith("sft-") and run.get("metrics") and "rank_hr@1" in run["metrics"]]
-    for over, label, log_x in (("negatives", "number of negatives N (1 = DPO)", True), ("beta", "beta", True)):
-        points = sweep_points(plan, collected, over)
-        if len(points) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        xs, means, stds, seeds = zip(*points)
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="S-DPO / DPO")
-        for x, mean, count in zip(xs, means, seeds):
-            ax.annotate(f"{count} seed{'s' if count > 1 else ''}", (x, mean), textcoords="offset points",
-                        xytext=(0, -12), ha="center", fontsize=7)  # centred: the last label stays inside
-        if sft:
-            ax.axhline(sum(sft) / len(sft), color="gray", linestyle="--", label="SFT")
-        ax.axhline(references["popularity"]["rank_hr@1"], color="tab:red", linestyle=":", label="popularity")
-        if log_x:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, [f"{x:g}" for x in xs])
-        ax.set_xlabel(label)
-        ax.set_ylabel("HR@1 (ranking)")
-        ax.set_title(f"{collected['model']} on {collected['dataset']}, n={collected['eval_records']}", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        name = f"hr1_vs_{over}.png"
-        fig.savefig(folder / name, dpi=120)
-        plt.close(fig)
-        written.append(name)
-
-    curves = {}  # label -> the log histories of its Table 1 runs, one per seed
-    for label, n in (("DPO", 1), (f"S-DPO N={plan.main_negatives}", plan.main_negatives)):
-        histories = [history for seed in plan.preference_seeds
-                     if (history := collected["runs"].get(preference_name(n, 1.0, seed), {}).get("log_history"))]
-        if histories:
-            curves[label] = histories
-    if curves:
-        keys = (("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward (mean)"),
-                ("rewards/margins", "margin"), ("logps/chosen", "log p(chosen)"))
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-        for ax, (key, title) in zip(axes, keys):
-            for color, (label, histories) in zip(("tab:blue", "tab:orange"), curves.items()):
-                series = [{entry["step"]: entry[key] for entry in history if key in entry and "eval_loss" not in entry}
-                          for history in histories]
-                for values in series:  # one thin line per seed: a seed that drifts stays visible
-                    ax.plot(list(values), list(values.values()), color=color, alpha=0.25, linewidth=0.7)
-                steps = sorted(set.intersection(*(set(values) for values in series)))
-                ax.plot(steps, [sum(values[step] for values in series) / len(series) for step in steps], color=color,
-                        label=f"{label} (mean of {len(series)} seed{'s' if len(series) > 1 else ''})")
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"training curves (training batches), {collected['model']} on {collected['dataset']}, beta 1",
-                     fontsize=9)
-        fig.tight_layout()
-        fig.savefig(folder / "training_curves.png", dpi=120)
-        plt.close(fig)
-        written.append("training_curves.png")
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(folder / name, dpi=120)
+            plt.close(fig)
+            written.append(name)
     return written
 
 
-def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results_dir: Path, profile: str) -> Path:
-    """Write table.md, table.csv, results.json and the figures of one model plan; returns the folder."""
-    collected = collect(plan, cells, root, dataset)
-    dataset = collected["dataset"]
-    folder = results_dir / dataset / plan.tag
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(plan, collected)
-    differences = paired_differences(plan, collected)
-    figures = plot_figures(plan, collected, folder)
-    total = sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0) for run in collected["runs"].values())
-    missing = [cell.name for cell in cells if not current_record(cell, root)]
-    markdown = "\n".join([
-        f"# {plan.model_name} on {dataset} (profile `{profile}`)", "",
-        f"Evaluation: {collected['eval_records']} test prompts (seeded random sample across users, seed "
-        f"{plan.eval_seed}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",
+def _cells_total(payload: dict) -> int:
+    """How many cells the report's matrix has (older results.json files: counted from its runs)."""
+    if "cells_total" in payload:
+        return payload["cells_total"]
+    baselines = any("epochs" in metrics for metrics in payload["references"].values())
+    return baselines + sum(("train_command" in run) + ("eval_command" in run) for run in payload["runs"].values())
+
+
+def _short(commit: str) -> str:
+    return commit[:7]
+
+
+def provenance_lines(payload: dict) -> list[str]:
+    """What table.md says first: a warning when a run or the report came from a tree with uncommitted
+    changes, the commits, and the run's wall time; "not recorded" where an older results.json lacks them."""
+    baselines = [name for name, row in payload["references"].items() if "epochs" in row]  # trained ones
+    sources = {**payload["runs"], **{name: payload["references"][name] for name in baselines
+                                     if "git_commit" in payload["references"][name]}}
+    dirty = [name for name, source in sources.items() if source.get("git_dirty")]
+    unknown = [name for name, source in sources.items() if "git_dirty" not in source]
+    lines = []
+    if dirty or payload.get("report_git_dirty"):
+        what = ([f"run(s) {', '.join(dirty)}"] if dirty else []) + (["this report"] if payload.get("report_git_dirty") else [])
+        lines += [f"**Uncommitted changes:** {' and '.join(what)} came from a tree whose tracked files differed from "
+                  "its commit, so no commit alone reproduces them.", ""]
+    commits = sorted({_short(source["git_commit"]) for source in sources.values()})
+    state = ("none" if not dirty and not unknown else
+             f"in {len(dirty)} of {len(sources)}" if not unknown else
+             f"not recorded for {len(unknown)} of {len(sources)} (run before `git_dirty` was recorded)")
+    report_state = {True: "uncommitted changes", False: "no uncommitted changes"}.get(payload.get("report_git_dirty"),
+                                                                                     "uncommitted changes not recorded")
+    unrecorded = [name for name in baselines if name not in sources]
+    lines.append(f"Provenance: {'runs' if unrecorded else 'runs and baselines'} at commit{'s' if len(commits) > 1 else ''} "
+                 f"{', '.join(commits)}"
+                 + (f" (baselines {', '.join(unrecorded)}: command and commit not recorded)" if unrecorded else "")
+                 + f"; uncommitted changes: {state}. Report written at commit {_short(payload['report_commit'])} "
+                 f"({report_state}). Every evaluation's per-prompt ranks: "
+                 + (f"`{PER_PROMPT_FILE}`." if payload.get("per_prompt_file") else "not recorded."))
+    calls = payload.get("reproduce_calls")
+    if calls:
+        covered = sum(call["cells_run"] for call in calls)
+        lines.append(f"Run wall time: {payload['run_seconds'] / 60:.1f} min in {len(calls)} call"
+                     f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']}, which ran "
+                     f"{covered} of the {_cells_total(payload)} cells"
+                     + (" (the others ran in calls not recorded)" if covered < _cells_total(payload) else "")
+                     + ("; this report was rewritten later with `--report_only`" if payload.get("report_only") else "")
+                     + ".")
+    else:
+        lines.append("Run wall time: not recorded (only the cells' own times below).")
+    return lines
+
+
+def format_report(payload: dict) -> str:
+    """table.md: a pure function of results.json (tests/test_docs_numbers.py checks the committed ones)."""
+    missing = payload["cells_missing"]
+    total = _cells_total(payload)
+    differences = payload["paired_differences"]
+    return "\n".join([
+        f"# {payload['model']} on {payload['dataset']} (profile `{payload['profile']}`)", "",
+        *provenance_lines(payload), "",
+        f"Evaluation: {payload['eval_records']} test prompts (seeded random sample across users, seed "
+        f"{payload['eval_seed']}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",
         "Generation columns: greedy output names exactly one candidate (valid) and it is the target (HR@1).",
         "Ranking columns: the 20 candidates ranked by log p(name + EOS | prompt).", "",
-        format_markdown(rows), "",
+        format_markdown(payload["table"]), "",
         *(["Paired differences (the same prompts; A's run minus B's at each seed). Prompt SE: the standard error "
            "of the per-prompt difference of the first seed's runs, i.e. the noise of the prompt sample; "
            "a gap is established only where it exceeds both the spread over seeds and this.", "",
            format_differences(differences), ""] if differences else []),
-        f"Cells finished: {len(cells) - len(missing)} of {len(cells)}"
-        + (f" (missing: {', '.join(missing)})" if missing else "") + f"; their wall time: {total / 60:.1f} min.",
-        *[f"![{name}]({name})" for name in figures], "",
+        f"Cells finished: {total - len(missing)} of {total}"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+        + f"; their wall time: {payload['wall_seconds_of_cells'] / 60:.1f} min.",
+        *[f"![{name}]({name})" for name in payload["figures"]], "",
     ])
+
+
+def write_report_files(payload: dict, folder: Path) -> str:
+    """table.md, table.csv and the figures from a results.json payload; returns table.md's text."""
+    payload["figures"] = plot_figures(payload, folder)
+    markdown = format_report(payload)
     (folder / "table.md").write_text(markdown, encoding="utf-8")
-    write_csv(rows, folder / "table.csv")
-    payload = {"profile": profile, **{k: v for k, v in collected.items() if k != "hits"}, "table": rows,
-               "paired_differences": differences, "figures": figures,
-               "cells_missing": missing, "wall_seconds_of_cells": round(total, 1), "report_commit": git_commit()}
+    write_csv(payload["table"], folder / "table.csv")
+    return markdown
+
+
+def rewrite_report(folder: str | Path) -> None:
+    """Rewrite table.md, table.csv and the figures of a results folder from its results.json alone (no cells, no
+    data): for a report written by an earlier version of this code. results.json is left as it is."""
+    folder = Path(folder)
+    payload = _read(folder / "results.json")
+    figures = payload["figures"]
+    write_report_files(payload, folder)
+    if payload["figures"] != figures:
+        raise runtime.UsageError(f"{folder}: the figures would change from {figures} to {payload['figures']}")
+
+
+def _reproduce_calls(previous: dict, profile: str, call: dict | None) -> list[dict]:
+    """The calls of reproduce.py that ran this matrix's cells: this one alone when it ran every cell, else the
+    earlier results.json's (same profile) plus this one when it ran any."""
+    calls = previous.get("reproduce_calls", []) if previous.get("profile") == profile else []
+    if call is None or call["cells_run"] == 0:
+        return calls
+    return [call] if call["cells_run"] == call["cells"] else [*calls, call]
+
+
+def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results_dir: Path, profile: str,
+           call: dict | None = None) -> Path:
+    """Write table.md, table.csv, results.json, the per-prompt ranks and the figures of one model plan; returns
+    the folder. `call`: the reproduce call that ran cells (None: --report_only; the earlier wall time is kept)."""
+    collected = collect(plan, cells, root, dataset)
+    dataset = collected["dataset"]
+    folder = results_dir / dataset / plan.tag
+    folder.mkdir(parents=True, exist_ok=True)
+    calls = _reproduce_calls(_read(folder / "results.json"), profile, call)
+    write_per_prompt(collected, folder / PER_PROMPT_FILE)
+    state = git_state()
+    payload = {"profile": profile, "plan": asdict(plan),
+               **{k: v for k, v in collected.items() if k not in ("hits", "ranks", "gen_hits", "prompt_indices")},
+               "table": table_rows(plan, collected), "paired_differences": paired_differences(plan, collected),
+               "figures": [], "cells_total": len(cells),
+               "cells_missing": [cell.name for cell in cells if not current_record(cell, root)],
+               "wall_seconds_of_cells": round(sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0)
+                                                  for run in collected["runs"].values()), 1),
+               "per_prompt_file": PER_PROMPT_FILE,
+               **({"run_seconds": round(sum(c["seconds"] for c in calls), 1), "run_started_at": calls[0]["started_at"],
+                   "reproduce_calls": calls} if calls else {}),
+               "report_only": call is None, "report_command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+               "report_commit": state["git_commit"], "report_git_dirty": state["git_dirty"]}
+    markdown = write_report_files(payload, folder)
     runtime.save_json(folder / "results.json", payload)
     print(markdown)
     return folder
@@ -766,16 +1010,20 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         plans = [plan for plan in plans if plan.tag in wanted]
     dataset_name = Path(dataset).name if Path(dataset).is_dir() else dataset
     start = time.time()
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
+    matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
+                for plan in plans]
+    runs_cells = not dry_run and not report_only
+    finished_before = {plan.tag: {cell.name for cell in cells if current_record(cell, cells[0].root)}
+                       for plan, cells in matrices} if runs_cells else {}
     failed: list[str] = []
-    if jobs != 1 and not dry_run and not report_only:
+    if jobs != 1 and runs_cells:
         runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any worker starts
         argv = ["--profile", profile, "--dataset", dataset, "--output_root", output_root, "--results_dir",
                 results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False"]
         if run_in_workers(argv, jobs):
             failed.append("(see the workers' messages above)")
         report_only = True  # the workers ran the cells; the tables come from here
-    matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
-                for plan in plans]
     if dry_run:
         for _, cells in matrices:
             for cell in cells:
@@ -786,8 +1034,14 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         # while the cells left in the first wait for its SFT.
         failed += run_cells([cell for _, cells in matrices for cell in cells])
     if report_tables and not dry_run:
+        seconds = round(time.time() - start, 1)  # the whole call up to its report, every model of it
         for plan, cells in matrices:
-            report(plan, cells, cells[0].root, dataset, Path(results_dir), profile)
+            call = None
+            if runs_cells:  # this call's share of the matrix: the cells finished now that were not before
+                ran = {cell.name for cell in cells if current_record(cell, cells[0].root)} - finished_before[plan.tag]
+                call = {"started_at": started_at, "seconds": seconds, "cells_run": len(ran), "cells": len(cells),
+                        "models": [p.tag for p, _ in matrices], "jobs": jobs, **git_state()}
+            report(plan, cells, cells[0].root, dataset, Path(results_dir), profile, call)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
     if failed:

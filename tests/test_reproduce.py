@@ -34,13 +34,15 @@ def smoke_run(synthetic_dir, tmp_path_factory):
     jobs = min(2, len(os.sched_getaffinity(0)))  # two workers sharing the matrix where there are two CPUs
     command = [sys.executable, "reproduce.py", "--profile", "smoke", "--dataset", str(synthetic_dir),
                "--output_root", str(root / "outputs"), "--results_dir", str(root / "results"), f"--jobs={jobs}"]
+    dirty = reproduce.git_dirty()  # what every record of this run must say
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root, command, result.stdout
+    assert reproduce.git_dirty() == dirty, "the checkout changed while the smoke run ran: its records are ambiguous"
+    return root, command, result.stdout, dirty
 
 
 def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic_dir):
-    root, _, stdout = smoke_run
+    root, _, stdout, dirty = smoke_run
     folder = root / "results" / synthetic_dir.name / "tiny"
     table = (folder / "table.md").read_text()
     for row in ("| random |", "| popularity |", "| gru4rec |", "| sasrec |", "| base (untrained) |", "| SFT |", "| DPO |",
@@ -64,7 +66,34 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
                                 "S-DPO (N=3) − popularity"} and "| S-DPO (N=3) − DPO |" in table
     dpo_hr = results["runs"]["dpo-n1-b1-s0"]["metrics"]["rank_hr@1"]
     assert differences["S-DPO (N=3) − DPO"]["mean"] == pytest.approx(sdpo["metrics"]["rank_hr@1"] - dpo_hr)
-    assert "hits" not in results  # per-prompt data stays out of results.json
+    assert "hits" not in results  # per-prompt data stays out of results.json: in per_prompt.csv.gz beside it
+    # Provenance: every run and baseline row with its commit and whether the tree had uncommitted changes.
+    commit = reproduce.git_commit()
+    for run in results["runs"].values():
+        assert run["git_commit"] == commit and run.get("git_dirty") is dirty  # None (absent) outside a git checkout
+    gru4rec = results["references"]["gru4rec"]
+    assert gru4rec["git_commit"] == commit and gru4rec.get("git_dirty") is dirty
+    assert "baselines" in gru4rec["command"] and "--model" in gru4rec["command"]
+    assert results["report_commit"] == commit and results["report_git_dirty"] is dirty
+    assert table.startswith("# tiny on") and ("**Uncommitted changes:**" in table.split("Evaluation:")[0]) == dirty
+    # The whole run's wall time: this one call, which ran every cell.
+    [call] = results["reproduce_calls"]
+    assert call["cells_run"] == call["cells"] == results["cells_total"] == 10 and results["report_only"] is False
+    assert results["run_seconds"] > 0 and results["wall_seconds_of_cells"] > 0 and results["run_started_at"]
+    assert f"Run wall time: {results['run_seconds'] / 60:.1f} min in 1 call" in table
+    # Every evaluation's per-prompt ranks are kept: the metrics and the prompt SEs recompute from them.
+    columns = reproduce.read_per_prompt(folder / reproduce.PER_PROMPT_FILE)
+    assert len(columns["index"]) == 24 and len(set(columns["index"])) == 24
+    for name in ("popularity", "gru4rec", "base", "sft-s0", "dpo-n1-b1-s0", "sdpo-n3-b1-s0", "sdpo-n3-b2-s0"):
+        hits = [rank == 1 for rank in columns[f"rank/{name}"]]
+        metrics = results["references"].get(name) or results["runs"][name]["metrics"]
+        assert sum(hits) / 24 == pytest.approx(metrics["rank_hr@1"])
+    assert sum(columns["gen_hit/sdpo-n3-b1-s0"]) / 24 == pytest.approx(sdpo["metrics"]["hr@1"])
+    recomputed = reproduce.recompute_paired_differences(folder)
+    assert [c["comparison"] for c in recomputed] == [c["comparison"] for c in results["paired_differences"]]
+    for again, stored in zip(recomputed, results["paired_differences"]):
+        for key in ("mean", "std", "prompt_se", "per_seed", "ahead", "n"):
+            assert again[key] == pytest.approx(stored[key]), (stored["comparison"], key)
     # Every row is evaluated on the same prompts: the reference rows' sample.
     csv_lines = (folder / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 8
@@ -72,7 +101,7 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
 
 
 def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
-    root, command, _ = smoke_run
+    root, command, _, _ = smoke_run
     cells = root / "outputs" / "smoke"
     records = next(cells.glob("*/tiny/cells"))
     before = {path.name: path.stat().st_mtime_ns for path in records.glob("*.json")}
@@ -84,6 +113,84 @@ def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {"eval-dpo-n1-b1-s0.json"}
     assert "[6/10] eval-dpo-n1-b1-s0" in result.stderr and "[1/10]" not in result.stderr
+
+
+def test_report_only_keeps_the_run_wall_time_and_says_so(smoke_run, synthetic_dir):
+    root, command, _, _ = smoke_run
+    folder = root / "results" / synthetic_dir.name / "tiny"
+    before = json.loads((folder / "results.json").read_text())
+    reproduce.reproduce(profile="smoke", dataset=str(synthetic_dir), output_root=str(root / "outputs"),
+                        results_dir=str(root / "results"), report_only=True)
+    after = json.loads((folder / "results.json").read_text())
+    assert after["reproduce_calls"] == before["reproduce_calls"] and after["run_seconds"] == before["run_seconds"]
+    assert after["report_only"] is True and "rewritten later with `--report_only`" in (folder / "table.md").read_text()
+
+
+def test_git_dirty_counts_tracked_files_only(tmp_path):
+    assert reproduce.git_dirty(tmp_path) is None  # not a checkout
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], cwd=tmp_path, check=True)
+    assert reproduce.git_dirty(tmp_path) is False
+    (tmp_path / "outputs.log").write_text("untracked\n")  # outputs, data, .venv: not the code
+    assert reproduce.git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert reproduce.git_state(tmp_path) == {"git_commit": reproduce.git_commit(tmp_path), "git_dirty": True}
+
+
+def _payload(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_a_run_from_a_dirty_tree_is_named_at_the_top_of_the_table(smoke_run, synthetic_dir):
+    payload = _payload(smoke_run[0] / "results" / synthetic_dir.name / "tiny")
+    for run in payload["runs"].values():
+        run["git_dirty"] = False
+    payload["references"]["gru4rec"]["git_dirty"] = payload["references"]["sasrec"]["git_dirty"] = False
+    payload["report_git_dirty"] = False
+    clean = reproduce.format_report(payload)
+    assert "Uncommitted changes:**" not in clean and "uncommitted changes: none." in clean
+    payload["runs"]["dpo-n1-b1-s0"]["git_dirty"] = True
+    top = reproduce.format_report(payload).split("Evaluation:")[0]
+    assert "**Uncommitted changes:** run(s) dpo-n1-b1-s0 came from a tree" in top
+    for run in payload["runs"].values():  # a results.json from before git_dirty and the run's wall time
+        del run["git_dirty"]
+    for key in ("reproduce_calls", "run_seconds", "per_prompt_file"):
+        del payload[key]
+    old = reproduce.format_report(payload)
+    assert "uncommitted changes: not recorded for 5 of 7" in old and "Run wall time: not recorded" in old
+    assert "per-prompt ranks: not recorded" in old
+
+
+def test_figures_label_their_axes_and_say_what_the_error_bars_are(smoke_run, synthetic_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    payload = _payload(smoke_run[0] / "results" / synthetic_dir.name / "tiny")
+    figures = [reproduce.sweep_figure(payload, "negatives"), reproduce.sweep_figure(payload, "beta"),
+               reproduce.curves_figure(payload)]
+    for figure in figures:
+        for ax in figure.axes:
+            assert ax.get_xlabel() and ax.get_ylabel()
+    assert "fraction of test prompts" in figures[0].axes[0].get_ylabel()
+    assert all("nats" in ax.get_ylabel() and ax.get_xlabel() == "training step" for ax in figures[2].axes)
+    legend = [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
+    assert "seed 0 at every point (n=1 each)" in legend  # the smoke profile has one seed: no error bars to explain
+    assert any("one seed" in text.get_text() for text in figures[2].axes[0].get_legend().get_texts())
+    # A point with more seeds than the others (Table 1's rows in the cpu profile) gets mean ± std, labelled.
+    extra = json.loads(json.dumps(payload["runs"]["dpo-n1-b1-s0"]))
+    extra["info"]["seed"], extra["metrics"]["rank_hr@1"] = 1, extra["metrics"]["rank_hr@1"] + 0.05
+    payload["runs"]["dpo-n1-b1-s1"] = extra
+    figure = reproduce.sweep_figure(payload, "negatives")
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "seed 0 at every point (n=1 each)" in legend and "mean over n seeds; error bar: ± 1 std over seeds" in legend
+    assert "n=2" in [text.get_text() for text in figure.axes[0].texts]
+    for figure in [*figures, figure]:
+        plt.close(figure)
 
 
 def _sleep_cells(root: Path, count: int) -> list[reproduce.Cell]:
