@@ -746,12 +746,16 @@ def sweep_figure(payload: dict, over: str):
     xs = list(points)
     shared = sorted(set.intersection(*(set(seeds) for seeds in points.values())))
     if shared:
-        line = [sum(points[x][s] for s in shared) / len(shared) for x in xs]
+        line = [_mean_std([points[x][s] for s in shared]) for x in xs]
         label = f"{_seeds_label(shared)} at every point (n={len(shared)} each)"
     else:  # no seed in common: each point's lowest seed, named in the label
-        line = [points[x][min(points[x])] for x in xs]
+        line = [(points[x][min(points[x])], 0.0) for x in xs]
         label = "lowest seed of each point (seeds differ)"
-    ax.plot(xs, line, marker="o", color="tab:blue", label=label)
+    if len(shared) > 1:
+        ax.errorbar(xs, [m for m, _ in line], yerr=[s for _, s in line], marker="o", capsize=4, color="tab:blue",
+                    label=f"{label}; error bar: ± 1 std over seeds")
+    else:
+        ax.plot(xs, [m for m, _ in line], marker="o", color="tab:blue", label=label)
     several = [(x, _mean_std(list(points[x].values())), len(points[x])) for x in xs if len(points[x]) > len(shared)]
     if several:
         shift = 2 ** 0.1  # beside the single-seed point at the same x (log axis)

@@ -189,7 +189,13 @@ def test_figures_label_their_axes_and_say_what_the_error_bars_are(smoke_run, syn
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert "seed 0 at every point (n=1 each)" in legend and "mean over n seeds; error bar: ± 1 std over seeds" in legend
     assert "n=2" in [text.get_text() for text in figure.axes[0].texts]
-    for figure in [*figures, figure]:
+    other = json.loads(json.dumps(payload["runs"]["sdpo-n3-b1-s0"]))  # now every point has seeds 0 and 1
+    other["info"]["seed"] = 1
+    payload["runs"]["sdpo-n3-b1-s1"] = other
+    shared = reproduce.sweep_figure(payload, "negatives")
+    legend = [text.get_text() for text in shared.axes[0].get_legend().get_texts()]
+    assert "mean of seeds 0, 1 at every point (n=2 each); error bar: ± 1 std over seeds" in legend
+    for figure in [*figures, figure, shared]:
         plt.close(figure)
 
 
