@@ -1,0 +1,147 @@
+"""The committed results and the text that quotes them agree (seconds; no training).
+
+- Every `results/<dataset>/<model>/table.md` and `table.csv` is what reproduce.py writes from the results.json
+  beside it (`reproduce.format_report`, `reproduce.write_csv`), and its figures are the ones results.json lists.
+- Where the per-prompt ranks were kept, every paired difference (mean, spread, prompt SE) recomputes from them.
+- Every 4-decimal number in docs/measurements.md's sections on the committed runs is in that run's results.json
+  (metrics, table, paired differences) or table.md, or is listed in ELSEWHERE with where it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = sorted(path.parent for path in (REPO / "results").glob("*/*/results.json"))
+MEASUREMENTS = REPO / "docs" / "measurements.md"
+NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
+
+# Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
+PARTS = (
+    ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny"),
+    ("**LastFM, SmolLM2-135M-Instruct**", "\n## ", "lastfm/smollm2-135m"),
+    ("## SmolLM2's profile run with 3 preference seeds", "\n## ", "lastfm/smollm2-135m"),
+    ("## The profile run with the longer preference stage", "\n## ", "lastfm/tiny"),
+)
+
+# Numbers these parts quote from elsewhere, each with its source.
+ELSEWHERE = {
+    # The previous committed tiny run (150 preference steps, S-DPO N = 3, run at commit 1e61bcb):
+    # `git show f6ae66f:results/lastfm/tiny/table.md`, its DPO and S-DPO rows and their difference.
+    "lastfm/tiny": {"0.1995", "0.0009", "0.1999", "0.0012", "0.0004",
+                    # Differences between two sweep points of results.json (rank_hr@1 at seed 0):
+                    "0.0033",  # N = 3 (0.2023) − N = 1 (0.1990)
+                    "0.0045",  # β = 0.5 (0.2032) − β = 2 (0.1987)
+                    "0.0067"},  # S-DPO N = 15, β = 1: seed 4 (0.2070) − seed 1 (0.2003), the range of its 5 seeds
+    "lastfm/smollm2-135m": set(),
+}
+
+
+PREVIOUS_TINY = ("f6ae66f", "results/lastfm/tiny/table.md", {"0.1995", "0.0009", "0.1999", "0.0012"})
+
+
+def _payload(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text(encoding="utf-8"))
+
+
+def _name(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def test_there_are_committed_results():
+    assert {"lastfm/tiny", "lastfm/smollm2-135m"} <= {_name(folder) for folder in FOLDERS}
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_name)
+def test_table_md_and_csv_are_what_reproduce_writes_from_results_json(folder, tmp_path):
+    payload = _payload(folder)
+    assert (folder / "table.md").read_text(encoding="utf-8") == reproduce.format_report(payload)
+    reproduce.write_csv(payload["table"], tmp_path / "table.csv")
+    assert (folder / "table.csv").read_text(encoding="utf-8") == (tmp_path / "table.csv").read_text(encoding="utf-8")
+    assert sorted(payload["figures"]) == sorted(path.name for path in folder.glob("*.png"))
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_name)
+def test_paired_differences_recompute_from_the_committed_per_prompt_ranks(folder):
+    payload = _payload(folder)
+    if not (folder / reproduce.PER_PROMPT_FILE).exists():  # a report from before they were kept
+        assert "per_prompt_file" not in payload
+        assert "per-prompt ranks: not recorded" in (folder / "table.md").read_text(encoding="utf-8")
+        return
+    recomputed = reproduce.recompute_paired_differences(folder)
+    assert len(recomputed) == len(payload["paired_differences"])
+    for again, stored in zip(recomputed, payload["paired_differences"]):
+        for key in ("mean", "std", "per_seed", "ahead", "n", "prompt_se"):
+            assert again[key] == pytest.approx(stored[key]), (stored["comparison"], key)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_name)
+def test_no_committed_run_is_recorded_as_made_from_uncommitted_changes(folder):
+    """Runs from before `git_dirty` was recorded have none; table.md then says "not recorded"."""
+    payload = _payload(folder)
+    sources = {**payload["runs"], **payload["references"]}
+    assert [name for name, source in sources.items() if source.get("git_dirty")] == []
+    assert payload.get("report_git_dirty") is not True
+    if any("git_dirty" not in run for run in payload["runs"].values()):
+        assert "uncommitted changes: not recorded" in (folder / "table.md").read_text(encoding="utf-8")
+
+
+def _recorded_numbers(folder: Path) -> set[str]:
+    """Every number of the report at 4 decimals: metrics, table rows, paired differences (not the training
+    logs and flags, whose thousands of values would match almost anything) and table.md's text."""
+    payload = _payload(folder)
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, float):
+            found.add(f"{abs(value):.4f}")
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk([run.get("metrics", {}) for run in payload["runs"].values()])
+    walk([payload["references"], payload["table"], payload["paired_differences"]])
+    found |= set(NUMBER.findall((folder / "table.md").read_text(encoding="utf-8")))
+    return found
+
+
+def _part(text: str, start: str, end: str) -> str:
+    begin = text.index(start)
+    stop = text.find(end, begin + len(start))
+    return text[begin:stop if stop != -1 else len(text)]
+
+
+@pytest.mark.parametrize("start, end, folder", PARTS, ids=[part[0].strip("#* ")[:40] for part in PARTS])
+def test_every_4_decimal_number_in_the_measurements_of_a_committed_run_is_in_its_files(start, end, folder):
+    text = _part(MEASUREMENTS.read_text(encoding="utf-8"), start, end)
+    quoted = set(NUMBER.findall(text))
+    assert quoted, "the part quotes no number: has its heading changed?"
+    missing = sorted(quoted - _recorded_numbers(REPO / "results" / folder) - ELSEWHERE[folder])
+    assert missing == [], f"docs/measurements.md ({start!r}) quotes numbers not in results/{folder}: {missing}"
+
+
+def test_every_number_listed_as_from_elsewhere_is_still_quoted():
+    text = MEASUREMENTS.read_text(encoding="utf-8")
+    for folder, numbers in ELSEWHERE.items():
+        quoted = set().union(*(NUMBER.findall(_part(text, start, end)) for start, end, f in PARTS if f == folder))
+        assert numbers <= quoted, f"no longer quoted, drop from ELSEWHERE: {sorted(numbers - quoted)}"
+
+
+def test_the_previous_tiny_runs_numbers_are_in_its_committed_table():
+    commit, path, numbers = PREVIOUS_TINY
+    shown = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    if shown.returncode != 0:
+        pytest.skip(f"{commit} is not in this clone's history (shallow clone?)")
+    assert numbers <= set(NUMBER.findall(shown.stdout))
