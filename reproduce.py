@@ -800,7 +800,8 @@ def curves_figure(payload: dict):
     curves = {}  # label -> the log histories of its Table 1 runs, one per seed
     for label, n in (("DPO", 1), (f"S-DPO N={main}", main)):
         runs = sorted((run["info"]["seed"], run["log_history"]) for run in payload["runs"].values()
-                      if run["info"].get("negatives") == n and run["info"].get("beta") == 1.0 and run.get("log_history"))
+                      if run["info"].get("negatives") == n and run["info"].get("beta") == 1.0
+                      and run.get("log_history"))
         if "plan" in payload:  # Table 1's seeds only (a sweep point may add another)
             runs = [(seed, history) for seed, history in runs if seed in payload["plan"]["preference_seeds"]]
         if runs:
@@ -869,7 +870,8 @@ def provenance_lines(payload: dict) -> list[str]:
     unknown = [name for name, source in sources.items() if "git_dirty" not in source]
     lines = []
     if dirty or payload.get("report_git_dirty"):
-        what = ([f"run(s) {', '.join(dirty)}"] if dirty else []) + (["this report"] if payload.get("report_git_dirty") else [])
+        what = [f"run(s) {', '.join(dirty)}"] if dirty else []
+        what += ["this report"] if payload.get("report_git_dirty") else []
         lines += [f"**Uncommitted changes:** {' and '.join(what)} came from a tree whose tracked files differed from "
                   "its commit, so no commit alone reproduces them.", ""]
     commits = sorted({_short(source["git_commit"]) for source in sources.values()})
@@ -879,19 +881,20 @@ def provenance_lines(payload: dict) -> list[str]:
     report_state = {True: "uncommitted changes", False: "no uncommitted changes"}.get(payload.get("report_git_dirty"),
                                                                                      "uncommitted changes not recorded")
     unrecorded = [name for name in baselines if name not in sources]
-    lines.append(f"Provenance: {'runs' if unrecorded else 'runs and baselines'} at commit{'s' if len(commits) > 1 else ''} "
-                 f"{', '.join(commits)}"
+    lines.append(f"Provenance: {'runs' if unrecorded else 'runs and baselines'} at "
+                 f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}"
                  + (f" (baselines {', '.join(unrecorded)}: command and commit not recorded)" if unrecorded else "")
                  + f"; uncommitted changes: {state}. Report written at commit {_short(payload['report_commit'])} "
                  f"({report_state}). Every evaluation's per-prompt ranks: "
                  + (f"`{PER_PROMPT_FILE}`." if payload.get("per_prompt_file") else "not recorded."))
     calls = payload.get("reproduce_calls")
     if calls:
-        covered = sum(call["cells_run"] for call in calls)
+        ran = [call["cells_run"] for call in calls]
+        total = _cells_total(payload)
         lines.append(f"Run wall time: {payload['run_seconds'] / 60:.1f} min in {len(calls)} call"
-                     f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']}, which ran "
-                     f"{covered} of the {_cells_total(payload)} cells"
-                     + (" (the others ran in calls not recorded)" if covered < _cells_total(payload) else "")
+                     f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']} (cells run: "
+                     f"{' + '.join(map(str, ran))} of {total})"
+                     + ("; some cells ran in calls not recorded" if sum(ran) < total else "")
                      + ("; this report was rewritten later with `--report_only`" if payload.get("report_only") else "")
                      + ".")
     else:

@@ -80,7 +80,8 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     [call] = results["reproduce_calls"]
     assert call["cells_run"] == call["cells"] == results["cells_total"] == 10 and results["report_only"] is False
     assert results["run_seconds"] > 0 and results["wall_seconds_of_cells"] > 0 and results["run_started_at"]
-    assert f"Run wall time: {results['run_seconds'] / 60:.1f} min in 1 call" in table
+    assert f"Run wall time: {results['run_seconds'] / 60:.1f} min in 1 call of reproduce.py" in table
+    assert "(cells run: 10 of 10)." in table
     # Every evaluation's per-prompt ranks are kept: the metrics and the prompt SEs recompute from them.
     columns = reproduce.read_per_prompt(folder / reproduce.PER_PROMPT_FILE)
     assert len(columns["index"]) == 24 and len(set(columns["index"])) == 24
@@ -100,7 +101,7 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     assert all(line.split(",")[2] == "24" for line in csv_lines[1:])
 
 
-def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
+def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run, synthetic_dir):
     root, command, _, _ = smoke_run
     cells = root / "outputs" / "smoke"
     records = next(cells.glob("*/tiny/cells"))
@@ -113,6 +114,12 @@ def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run):
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {"eval-dpo-n1-b1-s0.json"}
     assert "[6/10] eval-dpo-n1-b1-s0" in result.stderr and "[1/10]" not in result.stderr
+    # The run's wall time is now that of both calls: the first ran every cell, the second one cell.
+    folder = root / "results" / synthetic_dir.name / "tiny"
+    results = json.loads((folder / "results.json").read_text())
+    assert [call["cells_run"] for call in results["reproduce_calls"]] == [10, 1]
+    assert results["run_seconds"] == pytest.approx(sum(call["seconds"] for call in results["reproduce_calls"]))
+    assert "(cells run: 10 + 1 of 10)." in (folder / "table.md").read_text()
 
 
 def test_report_only_keeps_the_run_wall_time_and_says_so(smoke_run, synthetic_dir):
@@ -187,7 +194,8 @@ def test_figures_label_their_axes_and_say_what_the_error_bars_are(smoke_run, syn
     payload["runs"]["dpo-n1-b1-s1"] = extra
     figure = reproduce.sweep_figure(payload, "negatives")
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-    assert "seed 0 at every point (n=1 each)" in legend and "mean over n seeds; error bar: ± 1 std over seeds" in legend
+    assert "seed 0 at every point (n=1 each)" in legend
+    assert "mean over n seeds; error bar: ± 1 std over seeds" in legend
     assert "n=2" in [text.get_text() for text in figure.axes[0].texts]
     other = json.loads(json.dumps(payload["runs"]["sdpo-n3-b1-s0"]))  # now every point has seeds 0 and 1
     other["info"]["seed"] = 1
