@@ -757,7 +757,8 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     """Run (or print, or only report) a profile's matrix.
 
     Args:
-        profile: `cpu` (2-core CPU, about 2.5 hours with --jobs 2, estimated from cell times), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        profile: `cpu` (2-core CPU, about 2.5 hours with --jobs 2, estimated from cell times), `paper`
+            (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
         results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).
