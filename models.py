@@ -316,6 +316,14 @@ def upcast_trainable_parameters(model) -> list[str]:
     return changed
 
 
+def tie_word_embeddings(model):
+    """Share the input embedding with the output layer (the input's weights are kept); the saved config
+    says so, so every later stage loads the model tied."""
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    return model
+
+
 def lora_config(model_name: str, r: int = 8, alpha: int = 32, dropout: float = 0.1,
                 target_modules: Sequence[str] = LORA_TARGET_MODULES):
     from peft import LoraConfig

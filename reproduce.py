@@ -1,6 +1,6 @@
 """The paper's experiments as one resumable matrix: Table 1, the negatives and beta sweeps, training curves.
 
-    bash reproduce.sh                                   # profile cpu on LastFM (about 2 hours on 2 cores)
+    bash reproduce.sh                                   # profile cpu on LastFM (about 2.5 hours on 2 cores, estimated)
     python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
     python reproduce.py --profile paper --dry_run       # print the paper-scale commands (NPROC GPUs)
 
@@ -96,13 +96,16 @@ PROFILES: dict[str, list[ModelPlan]] = {
     "cpu": [
         ModelPlan(
             model_name="tiny", tag="tiny",
-            sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=3e-3,
-                     eval_step=0.125, max_eval_samples=512),
+            # One epoch at lr 1e-3, tied embeddings, item tokens from a SASRec trained on the training split
+            # (item_init.py): the recipe of docs/recipe_study.md, the one whose SFT model read the user's history
+            # at every seed tried (the former 4 epochs at lr 3e-3 did at one seed and not at another).
+            sft=dict(full_finetune=True, batch_size=32, num_train_epochs=1, max_steps=-1, learning_rate=1e-3,
+                     eval_step=0.25, max_eval_samples=512, tie_word_embeddings=True, item_embeddings="sasrec"),
             # 600 steps of 16 at lr 5e-4: at 150 steps of lr 1e-4 S-DPO and DPO were within the seed spread
-            # (docs/measurements.md, "A stronger preference stage"); 5 seeds because the gaps are ~1 standard error.
+            # (docs/measurements.md, "A stronger preference stage"); measured from the former SFT recipe.
             preference=dict(full_finetune=True, batch_size=16, max_steps=600, learning_rate=5e-4, eval_step=600,
                             max_eval_samples=256),
-            preference_seeds=(0, 1, 2, 3, 4), main_negatives=15,
+            sft_seeds=(0, 1, 2), preference_seeds=(0, 1, 2), main_negatives=15,
             negatives=(1, 3, 7, 15), betas=(0.5, 1.0, 2.0, 5.0),
             eval=dict(generation=False, batch_size=64),  # the whole test split (14,062 prompts on LastFM)
         ),
@@ -188,9 +191,18 @@ def stage_flags(flags: dict, processes: int) -> list[str]:
     return _flags(flags)
 
 
-def preference_name(negatives: int, beta: float, seed: int) -> str:
+def preference_name(negatives: int, beta: float, seed: int, sft_seed: int | None = None) -> str:
+    """`dpo-n1-b1-s0`; with `sft_seed` (plans with several SFT seeds) `...-sft1`: the SFT model it starts from."""
     method = "dpo" if negatives == 1 else "sdpo"
-    return f"{method}-n{negatives}-b{beta:g}-s{seed}"
+    return f"{method}-n{negatives}-b{beta:g}-s{seed}" + (f"-sft{sft_seed}" if sft_seed is not None else "")
+
+
+def table_runs(plan: ModelPlan, negatives: int) -> list[str]:
+    """The Table 1 runs of DPO (1) or S-DPO (main negatives): every preference seed from every SFT seed,
+    SFT seed by SFT seed."""
+    several = len(plan.sft_seeds) > 1
+    return [preference_name(negatives, 1.0, seed, sft_seed if several else None)
+            for sft_seed in plan.sft_seeds for seed in plan.preference_seeds]
 
 
 def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.executable) -> list[Cell]:
@@ -227,29 +239,36 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
         name = f"sft-s{sft_seed}"
         cells.append(evaluation(name, root / name, (name,), {"method": "sft", "seed": sft_seed}))
 
-    sft_out = root / f"sft-s{plan.sft_seeds[0]}"
-    runs: dict[str, tuple[int, float, int]] = {}
-    for seed in plan.preference_seeds:  # Table 1 rows: DPO and S-DPO at beta 1, every seed
-        for negatives in (1, plan.main_negatives):
-            runs[preference_name(negatives, 1.0, seed)] = (negatives, 1.0, seed)
-    for negatives in plan.negatives:
+    # Table 1 rows (DPO and S-DPO at beta 1, every preference seed) from every SFT model; the sweep points
+    # from the first. With one SFT seed the names carry no SFT suffix.
+    several = len(plan.sft_seeds) > 1
+    runs: dict[str, tuple[int, float, int, int]] = {}
+    for sft_seed in plan.sft_seeds:
+        for seed in plan.preference_seeds:
+            for negatives in (1, plan.main_negatives):
+                name = preference_name(negatives, 1.0, seed, sft_seed if several else None)
+                runs[name] = (negatives, 1.0, seed, sft_seed)
+    first = plan.sft_seeds[0]
+    sweep = [(n, 1.0) for n in plan.negatives] + [(plan.main_negatives, beta) for beta in plan.betas]
+    for negatives, beta in sweep:
         for seed in plan.negatives_seeds:
-            runs.setdefault(preference_name(negatives, 1.0, seed), (negatives, 1.0, seed))
-    for beta in plan.betas:
-        for seed in plan.negatives_seeds:
-            runs.setdefault(preference_name(plan.main_negatives, beta, seed), (plan.main_negatives, beta, seed))
-    table = {preference_name(n, 1.0, seed) for seed in plan.preference_seeds for n in (1, plan.main_negatives)}
-    # Table 1's runs first (seed by seed), then the sweep points: a run cut short still fills the table.
-    order = sorted(runs.items(), key=lambda item: (item[0] not in table, item[1][2], item[1][0], item[1][1]))
-    for name, (negatives, beta, seed) in order:
-        out = root / name
+            name = preference_name(negatives, beta, seed, first if several else None)
+            runs.setdefault(name, (negatives, beta, seed, first))
+    table = set(table_runs(plan, 1)) | set(table_runs(plan, plan.main_negatives))
+    # Table 1's runs first (preference seed by seed, each from every SFT model), then the sweep points: a run
+    # cut short still fills the table.
+    order = sorted(runs.items(), key=lambda item: (item[0] not in table, item[1][2], plan.sft_seeds.index(item[1][3]),
+                                                   item[1][0], item[1][1]))
+    for name, (negatives, beta, seed, sft_seed) in order:
+        out, sft_out = root / name, root / f"sft-s{sft_seed}"
         script = "dpo.py" if negatives == 1 else "softmax_dpo.py"
         command = [*train, script, "--model_name", plan.model_name, *data,
                    "--resume_from_checkpoint", str(sft_out / runtime.FINAL_CHECKPOINT), "--output_dir", str(out),
                    "--overwrite_output_dir", f"--seed={seed}", f"--beta={beta:g}", *stage_flags(plan.preference, processes)]
         if negatives != 1:
             command.append(f"--neg_num={negatives}")
-        info = {"method": "dpo" if negatives == 1 else "sdpo", "seed": seed, "negatives": negatives, "beta": beta}
+        info = {"method": "dpo" if negatives == 1 else "sdpo", "seed": seed, "negatives": negatives, "beta": beta,
+                **({"sft_seed": sft_seed} if several else {})}
         cells.append(Cell(name, "preference", command, out, (sft_out.name,), info))
         cells.append(evaluation(name, out, (name,), info))
     for cell in cells:
@@ -571,8 +590,8 @@ def method_runs(plan: ModelPlan) -> dict[str, list[str]]:
     return {
         "base (untrained)": ["base"],
         "SFT": [f"sft-s{s}" for s in plan.sft_seeds],
-        "DPO": [preference_name(1, 1.0, s) for s in plan.preference_seeds],
-        f"S-DPO (N={plan.main_negatives})": [preference_name(plan.main_negatives, 1.0, s) for s in plan.preference_seeds],
+        "DPO": table_runs(plan, 1),
+        f"S-DPO (N={plan.main_negatives})": table_runs(plan, plan.main_negatives),
     }
 
 
@@ -580,22 +599,45 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
     """Rank HR@1 differences between the rows of Table 1 that the paper orders, on the same prompts.
 
     For "A − B": `per_seed` lists A's run minus B's run at each seed both have (B's single run where it has
-    one, e.g. SFT or popularity); `ahead` counts the seeds where A is higher; `prompt_se` is the standard error
-    of the mean per-prompt difference of A's and B's first runs (paired over prompts): how much the
-    difference would move with another sample of test prompts, which the spread over seeds does not show.
+    one, e.g. SFT or popularity; with several SFT seeds, the SFT model A's run started from); `ahead` counts
+    the seeds where A is higher; `prompt_se` is the standard error of the mean per-prompt difference of A's
+    and B's first runs (paired over prompts): how much the difference would move with another sample of
+    test prompts, which the spread over seeds does not show. With several SFT seeds, `per_sft` holds the
+    mean difference within each SFT model and `sft_se` the standard error of their mean (std of `per_sft` /
+    sqrt(SFT models)): it counts both the spread of preference seeds within an SFT model and that between
+    SFT models; `sft_ahead` counts the SFT models where A is higher on average.
     """
     sdpo = f"S-DPO (N={plan.main_negatives})"
     groups = {**method_runs(plan), "popularity": ["popularity"]}
     hits = collected["hits"]
+    several = len(plan.sft_seeds) > 1
+    origin = {name: sft_seed for sft_seed in plan.sft_seeds  # run -> the SFT seed it started from (or is)
+              for name in [f"sft-s{sft_seed}"] + [preference_name(n, 1.0, seed, sft_seed if several else None)
+                                                  for n in (1, plan.main_negatives) for seed in plan.preference_seeds]}
     comparisons = []
     for a, b in ((sdpo, "DPO"), ("DPO", "SFT"), (sdpo, "SFT"), ("SFT", "base (untrained)"), (sdpo, "popularity")):
         runs_a = [name for name in groups[a] if name in hits]
         runs_b = [name for name in groups[b] if name in hits]
         if not runs_a or not runs_b:
             continue
-        pairs = list(zip(runs_a, runs_b)) if len(runs_b) > 1 else [(name, runs_b[0]) for name in runs_a]
-        comparisons.append({"comparison": f"{a} − {b}", **difference_statistics(pairs, hits),
-                            "pairs": [list(pair) for pair in pairs]})
+        if b == "SFT" and len(runs_b) > 1:  # each preference run against the SFT model it started from
+            pairs = [(name, f"sft-s{origin[name]}") for name in runs_a if f"sft-s{origin[name]}" in hits]
+        elif len(runs_b) > 1:
+            pairs = list(zip(runs_a, runs_b))
+        else:
+            pairs = [(name, runs_b[0]) for name in runs_a]
+        if not pairs:
+            continue
+        comparison = {"comparison": f"{a} − {b}", **difference_statistics(pairs, hits),
+                      "pairs": [list(pair) for pair in pairs]}
+        by_sft: dict[int, list[float]] = {}
+        for (x, _), difference in zip(pairs, comparison["per_seed"]):
+            by_sft.setdefault(origin.get(x, plan.sft_seeds[0]), []).append(difference)
+        if len(by_sft) > 1:
+            per_sft = [sum(values) / len(values) for values in by_sft.values()]
+            comparison.update(per_sft=per_sft, sft_models=len(per_sft), sft_ahead=sum(d > 0 for d in per_sft),
+                              sft_se=_mean_std(per_sft)[1] / math.sqrt(len(per_sft)))
+        comparisons.append(comparison)
     return comparisons
 
 
@@ -610,12 +652,18 @@ def difference_statistics(pairs: list[tuple[str, str]], hits: dict[str, list[int
 
 
 def format_differences(comparisons: list[dict]) -> str:
-    lines = ["| A − B (rank HR@1) | difference: mean ± std over seeds | seeds with A > B | prompt SE | n |",
-             "|---|---|---|---|---|"]
+    across = any("per_sft" in c for c in comparisons)
+    lines = ["| A − B (rank HR@1) | difference: mean ± std over seeds | seeds with A > B | prompt SE | n |"
+             + (" per SFT model | ± SE over SFT models | SFT models with A > B |" if across else ""),
+             "|---|---|---|---|---|" + ("---|---|---|" if across else "")]
     for c in comparisons:
         spread = f" ± {c['std']:.4f}" if c["runs"] > 1 else ""
-        lines.append(f"| {c['comparison']} | {c['mean']:+.4f}{spread} | {c['ahead']} of {c['runs']} | "
-                     f"{c['prompt_se']:.4f} | {c['n']} |")
+        line = (f"| {c['comparison']} | {c['mean']:+.4f}{spread} | {c['ahead']} of {c['runs']} | "
+                f"{c['prompt_se']:.4f} | {c['n']} |")
+        if across:
+            line += (f" {', '.join(f'{d:+.4f}' for d in c['per_sft'])} | {c['mean']:+.4f} ± {c['sft_se']:.4f} | "
+                     f"{c['sft_ahead']} of {c['sft_models']} |" if "per_sft" in c else " – | – | – |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -713,10 +761,11 @@ def _main_negatives(payload: dict) -> int:
 def sweep_points(payload: dict, over: str) -> dict[float, dict[int, float]]:
     """{x: {seed: rank HR@1}} over the negatives (beta 1) or over beta (Table 1's N)."""
     main = _main_negatives(payload)
+    first_sft = (payload.get("plan", {}).get("sft_seeds") or [None])[0]  # the sweeps start from the first SFT model
     points: dict[float, dict[int, float]] = {}
     for run in payload["runs"].values():
         info, metrics = run["info"], run.get("metrics") or {}
-        if "rank_hr@1" not in metrics or "negatives" not in info:
+        if "rank_hr@1" not in metrics or "negatives" not in info or info.get("sft_seed", first_sft) != first_sft:
             continue
         if over == "negatives" and info["beta"] == 1.0:
             points.setdefault(info["negatives"], {})[info["seed"]] = metrics["rank_hr@1"]
@@ -799,9 +848,9 @@ def curves_figure(payload: dict):
     main = _main_negatives(payload)
     curves = {}  # label -> the log histories of its Table 1 runs, one per seed
     for label, n in (("DPO", 1), (f"S-DPO N={main}", main)):
-        runs = sorted((run["info"]["seed"], run["log_history"]) for run in payload["runs"].values()
-                      if run["info"].get("negatives") == n and run["info"].get("beta") == 1.0
-                      and run.get("log_history"))
+        runs = sorted(((run["info"]["seed"], run["log_history"]) for run in payload["runs"].values()
+                       if run["info"].get("negatives") == n and run["info"].get("beta") == 1.0
+                       and run.get("log_history")), key=lambda pair: pair[0])  # every SFT model's runs
         if "plan" in payload:  # Table 1's seeds only (a sweep point may add another)
             runs = [(seed, history) for seed, history in runs if seed in payload["plan"]["preference_seeds"]]
         if runs:
@@ -994,7 +1043,8 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     """Run (or print, or only report) a profile's matrix.
 
     Args:
-        profile: `cpu` (2-core CPU, about 2 hours with --jobs 2), `paper` (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        profile: `cpu` (2-core CPU, about 2.5 hours with --jobs 2, estimated from cell times), `paper`
+            (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
         results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).

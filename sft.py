@@ -6,8 +6,10 @@
 
 Writes checkpoints every `eval_step` steps (or that fraction of the run, e.g. 0.2), keeps the best by
 eval loss, and saves the final adapter (with `--full_finetune`: the whole model, e.g. for the tiny model
-trained from scratch) and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint folder, or
-True for the latest in output_dir) continues a killed run.
+trained from scratch) and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint
+folder, or True for the latest in output_dir) continues a killed run. With `--full_finetune`,
+`--tie_word_embeddings True` shares the input and output embeddings and `--item_embeddings sasrec` starts
+each item token's embedding from a SASRec trained on the training split (`item_init.py`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def train(
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
     full_finetune: bool = False,
+    item_embeddings: str = "random",
+    tie_word_embeddings: bool = False,
     bf16: bool | None = None,
     load_in_4bit: bool | str = "auto",
     bnb_4bit_use_double_quant: bool = False,
@@ -57,6 +61,10 @@ def train(
     """Fine-tune `model_name` on the SFT rows of the train split; returns the final checkpoint path."""
     flags, start = dict(locals()), time.time()
     runtime.check_load_in_4bit(load_in_4bit)
+    if item_embeddings not in ("random", "sasrec"):
+        raise runtime.UsageError(f"--item_embeddings must be random or sasrec, got {item_embeddings!r}")
+    if (item_embeddings != "random" or tie_word_embeddings) and not full_finetune:
+        raise runtime.UsageError("--item_embeddings sasrec and --tie_word_embeddings need --full_finetune True")
     eval_step = runtime.check_eval_step(eval_step)
     gradient_accumulation_steps = runtime.accumulation_steps(gradient_accumulation_steps, effective_batch_size,
                                                              batch_size)
@@ -78,6 +86,12 @@ def train(
     tokenizer = models.load_tokenizer(base)
     if full_finetune:  # every weight trains: for models trained from scratch (tiny), never quantized
         model = models.load_base_model(base, load_in_4bit=False, full_precision=True)
+        if tie_word_embeddings:  # the output layer scores items against the input item embeddings, as SASRec
+            models.tie_word_embeddings(model)
+        if item_embeddings == "sasrec":
+            import item_init
+
+            item_init.init_item_embeddings(model, tokenizer, data.train, seed)
     else:
         model = models.load_base_model(base, load_in_4bit=load_in_4bit, double_quant=bnb_4bit_use_double_quant)
         model = models.attach_lora(model, models.lora_config(model_name, lora_r, lora_alpha, lora_dropout))

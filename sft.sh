@@ -18,6 +18,9 @@ CUTOFF_LEN=${CUTOFF_LEN:-512}                      # 512
 EVAL_STEP=${EVAL_STEP:-10}                         # 0.2 (a fraction of the run's steps, as the original)
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
 MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 0 (the whole val split, as the original)
+FULL_FINETUNE=${FULL_FINETUNE:-False}              # False (LoRA); True trains every weight (tiny: from scratch)
+TIE_WORD_EMBEDDINGS=${TIE_WORD_EMBEDDINGS:-False}  # False; True (needs FULL_FINETUNE) shares input and output embeddings
+ITEM_EMBEDDINGS=${ITEM_EMBEDDINGS:-random}         # random | sasrec (needs FULL_FINETUNE; item tokens from a SASRec, item_init.py)
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
@@ -32,6 +35,7 @@ source "$(dirname "$0")/common.sh"
     ${EFFECTIVE_BATCH_SIZE:+--effective_batch_size "$EFFECTIVE_BATCH_SIZE"} \
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
-    --max_eval_samples "$MAX_EVAL_SAMPLES" \
+    --max_eval_samples "$MAX_EVAL_SAMPLES" --full_finetune "$FULL_FINETUNE" \
+    --tie_word_embeddings "$TIE_WORD_EMBEDDINGS" --item_embeddings "$ITEM_EMBEDDINGS" \
     --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

@@ -407,10 +407,12 @@ def test_paired_differences_pair_seeds_and_take_the_standard_error_over_prompts(
 def test_table_runs_come_before_the_sweep_points(tmp_path):
     plan = next(plan for plan in reproduce.PROFILES["cpu"] if plan.tag == "tiny")
     runs = [cell.name for cell in reproduce.plan_cells(plan, "lastfm", tmp_path) if cell.kind == "preference"]
-    table = [reproduce.preference_name(n, 1.0, seed) for seed in plan.preference_seeds for n in (1, plan.main_negatives)]
+    first = plan.sft_seeds[0]  # preference seed by seed, each from every SFT model
+    table = [reproduce.preference_name(n, 1.0, seed, sft) for seed in plan.preference_seeds for sft in plan.sft_seeds
+             for n in (1, plan.main_negatives)]
     assert runs[:len(table)] == table and len(runs) > len(table)
-    sweep = {reproduce.preference_name(n, 1.0, 0) for n in plan.negatives if n not in (1, plan.main_negatives)}
-    sweep |= {reproduce.preference_name(plan.main_negatives, beta, 0) for beta in plan.betas if beta != 1.0}
+    sweep = {reproduce.preference_name(n, 1.0, 0, first) for n in plan.negatives if n not in (1, plan.main_negatives)}
+    sweep |= {reproduce.preference_name(plan.main_negatives, beta, 0, first) for beta in plan.betas if beta != 1.0}
     assert sweep and set(runs[len(table):]) == sweep  # each sweep point once, none repeating a Table 1 run
 
 
@@ -495,3 +497,39 @@ def test_unknown_profile_or_model_is_one_line(tmp_path):
         reproduce.reproduce(profile="gpu", output_root=str(tmp_path))
     with pytest.raises(runtime.UsageError, match="profile cpu has no model llama"):
         reproduce.reproduce(profile="cpu", models="llama", output_root=str(tmp_path))
+
+
+def test_cpu_tiny_plan_runs_every_table_run_from_each_of_three_sft_models(tmp_path):
+    plan = next(plan for plan in reproduce.PROFILES["cpu"] if plan.tag == "tiny")
+    assert plan.sft_seeds == (0, 1, 2) and len(plan.preference_seeds) >= 3
+    assert plan.sft["item_embeddings"] == "sasrec" and plan.sft["tie_word_embeddings"] is True
+    cells = {cell.name: cell for cell in reproduce.plan_cells(plan, "lastfm", tmp_path)}
+    for sft_seed in plan.sft_seeds:
+        assert f"--seed={sft_seed}" in cells[f"sft-s{sft_seed}"].command
+        for seed in plan.preference_seeds:
+            for negatives in (1, plan.main_negatives):
+                cell = cells[reproduce.preference_name(negatives, 1.0, seed, sft_seed)]
+                assert cell.needs == (f"sft-s{sft_seed}",) and cell.info["sft_seed"] == sft_seed
+                start = cell.command[cell.command.index("--resume_from_checkpoint") + 1]
+                assert Path(start).parent.name == f"sft-s{sft_seed}"
+    sweeps = [cell for cell in cells.values() if cell.kind == "preference" and cell.info["beta"] != 1.0]
+    assert sweeps and all(cell.info["sft_seed"] == plan.sft_seeds[0] for cell in sweeps)
+
+
+def test_with_several_sft_models_a_preference_run_is_paired_with_its_own_sft_and_the_se_counts_both_levels():
+    plan = reproduce.ModelPlan(model_name="tiny", tag="tiny", sft={}, preference={}, sft_seeds=(0, 1),
+                               preference_seeds=(0, 1), main_negatives=3)
+    name = reproduce.preference_name
+    hits = {"popularity": [0, 0, 0, 0], "sft-s0": [1, 0, 0, 0], "sft-s1": [1, 1, 1, 0],
+            name(1, 1.0, 0, 0): [1, 1, 0, 0], name(1, 1.0, 1, 0): [1, 0, 0, 0],
+            name(1, 1.0, 0, 1): [1, 1, 1, 1], name(1, 1.0, 1, 1): [1, 1, 1, 0],
+            name(3, 1.0, 0, 0): [1, 1, 1, 0], name(3, 1.0, 1, 0): [1, 1, 0, 0],
+            name(3, 1.0, 0, 1): [1, 1, 1, 1], name(3, 1.0, 1, 1): [0, 1, 1, 0]}
+    found = {c["comparison"]: c for c in reproduce.paired_differences(plan, {"hits": hits})}
+    versus_sft = found["DPO − SFT"]  # each DPO run minus the SFT model it started from
+    assert versus_sft["per_seed"] == [0.25, 0.0, 0.25, 0.0]
+    assert versus_sft["per_sft"] == [0.125, 0.125] and versus_sft["sft_se"] == 0.0 and versus_sft["sft_ahead"] == 2
+    versus_dpo = found["S-DPO (N=3) − DPO"]  # within SFT 0: +0.25, +0.25; within SFT 1: 0, -0.25
+    assert versus_dpo["per_seed"] == [0.25, 0.25, 0.0, -0.25] and versus_dpo["per_sft"] == [0.25, -0.125]
+    assert versus_dpo["sft_se"] == pytest.approx(0.1875) and versus_dpo["sft_ahead"] == 1
+    assert "± SE over SFT models" in reproduce.format_differences(list(found.values()))
