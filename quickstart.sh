@@ -12,6 +12,8 @@ export OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 export MODEL_NAME=tiny                    # one token per item, trained in full from scratch (the cpu profile's model)
 export MAX_SAMPLES=${MAX_SAMPLES:-500}    # random test prompts across users, the same for every row
 export SEED=${SEED:-0}
+SFT_STEPS=${SFT_STEPS:-300}               # of 32 prompts
+PREFERENCE_STEPS=${PREFERENCE_STEPS:-100} # of 16 prompts
 start=$(date +%s)
 
 source common.sh
@@ -19,10 +21,10 @@ ensure_dataset "$DATASET"
 
 # SFT: 300 steps of 32 prompts (9,600 of LastFM's 31,601), lr 1e-3, the cpu profile's recipe: tied embeddings whose
 # item rows start from a SASRec trained on the training split (docs/recipe_study.md)
-BATCH_SIZE=32 LEARNING_RATE=1e-3 MAX_STEPS=300 EVAL_STEP=300 MAX_EVAL_SAMPLES=256 FULL_FINETUNE=True \
+BATCH_SIZE=32 LEARNING_RATE=1e-3 MAX_STEPS=$SFT_STEPS EVAL_STEP=$SFT_STEPS MAX_EVAL_SAMPLES=256 FULL_FINETUNE=True \
     TIE_WORD_EMBEDDINGS=True ITEM_EMBEDDINGS=sasrec bash sft.sh --overwrite_output_dir
 # DPO and S-DPO (N = 15 negatives) from that model: 100 steps of 16 prompts, lr 5e-4, beta 1
-PREFERENCE=(BATCH_SIZE=16 LEARNING_RATE=5e-4 MAX_STEPS=100 EVAL_STEP=100 MAX_EVAL_SAMPLES=128)
+PREFERENCE=(BATCH_SIZE=16 LEARNING_RATE=5e-4 MAX_STEPS=$PREFERENCE_STEPS EVAL_STEP=$PREFERENCE_STEPS MAX_EVAL_SAMPLES=128)
 env "${PREFERENCE[@]}" bash dpo.sh --overwrite_output_dir --full_finetune True
 env "${PREFERENCE[@]}" NEG_NUM=15 bash softmax_dpo.sh --overwrite_output_dir --full_finetune True
 # Ranking the 20 candidates by log p(name + EOS | prompt): the tiny model rarely names a candidate by itself

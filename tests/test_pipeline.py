@@ -308,3 +308,17 @@ def test_one_prefill_for_generation_and_ranking_gives_the_separate_results(synth
                                           shared_prefill=False)
     shared = inference.evaluate_records(model, tokenizer, records, data.templates, batch_size=4, progress=False)
     assert shared[0] == separate[0] and shared[1] == separate[1]
+
+
+def test_quickstart_runs_every_stage_and_ends_in_the_results_table(synthetic_dir, tmp_path):
+    """`bash quickstart.sh` with its step counts cut down: the recipe's SFT flags reach sft.py, every stage runs,
+    and it ends with the table of trained rows beside random and popularity."""
+    env = {"DATASET": str(synthetic_dir), "OUTPUT_ROOT": str(tmp_path), "SFT_STEPS": "3", "PREFERENCE_STEPS": "2",
+           "MAX_SAMPLES": "12", "OMP_NUM_THREADS": "1"}
+    result = run_script("bash", "quickstart.sh", env=env)
+    assert "quick start finished in" in result.stdout and "rankHR@1" in result.stdout
+    flags = json.loads((tmp_path / "sft" / "run_info.json").read_text())["flags"]
+    assert flags["item_embeddings"] == "sasrec" and flags["tie_word_embeddings"] is True and flags["max_steps"] == 3
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"base", "sft", "dpo", "sdpo", "random", "popularity"}
+    assert all(results[method]["n"] == 12 and "rank_hr@1" in results[method] for method in ("sft", "dpo", "sdpo"))
