@@ -2,7 +2,7 @@
 
     python sft.py --model_name tiny --dataset synthetic --output_dir outputs/sft          # CPU
     torchrun --nproc_per_node 4 sft.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
-        --batch_size 4 --gradient_accumulation_steps 8 --num_train_epochs 5 --output_dir outputs/sft
+        --batch_size 4 --effective_batch_size 128 --num_train_epochs 5 --output_dir outputs/sft
 
 Writes checkpoints every `eval_step` steps (or that fraction of the run, e.g. 0.2), keeps the best by
 eval loss, and saves the final adapter (with `--full_finetune`: the whole model, e.g. for the tiny model

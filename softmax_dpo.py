@@ -4,7 +4,7 @@
         --resume_from_checkpoint outputs/sft/final_checkpoint --neg_num 3 --output_dir outputs/sdpo
     torchrun --nproc_per_node 4 softmax_dpo.py --model_name meta-llama/Llama-2-7b-hf --dataset lastfm \\
         --resume_from_checkpoint outputs/sft/final_checkpoint --batch_size 4 \\
-        --gradient_accumulation_steps 8 --learning_rate 1e-5 --num_train_epochs 3 --output_dir outputs/sdpo
+        --effective_batch_size 128 --learning_rate 1e-5 --num_train_epochs 3 --output_dir outputs/sdpo
 
 The policy starts from the SFT adapter; the reference is the same SFT adapter, frozen, loaded a
 second time as an adapter on the same base weights (or, with `--precompute_ref_log_probs`, its
