@@ -153,8 +153,8 @@ def limit_to_one_gpu(training_arguments) -> None:
 
 def triton_toolchain_problem() -> str | None:
     """What Triton lacks to compile kernels at run time (a C compiler, the Python headers), or None."""
-    compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if compiler is None or (os.environ.get("CC") and not shutil.which(os.environ["CC"])):
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    if not any(shutil.which(compiler) for compiler in candidates):
         return "no C compiler (apt-get install gcc, or set CC)"
     header = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not header.exists():
