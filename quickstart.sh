@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole method in one command on a CPU (aimed at 10 minutes on 2 cores once set up; not yet timed on an idle
-# machine): set-up, LastFM, the tiny
-# model's SFT -> DPO -> S-DPO, then a results table of 500 random test prompts beside random and popularity.
+# The whole method in one command on a CPU: set-up, LastFM, the tiny model's SFT -> DPO -> S-DPO, then a results
+# table of 500 random test prompts beside random and popularity. Measured once set up (2-core AMD EPYC, idle,
+# 2026-12-01): 412 s; rank HR@1 base 0.046, SFT 0.198, DPO 0.220, S-DPO 0.218 (random 0.05, popularity 0.196).
+# At 300 SFT steps the model has learnt the item prior, not yet the history: one SFT model, one seed, 500 prompts.
 #   bash quickstart.sh
 #   DATASET=synthetic bash quickstart.sh    # offline synthetic data, no raw archive needed
 # The stage hyperparameters a quick start overrides are below; the rest are the launchers' defaults (sft.sh, ...).

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -1049,9 +1050,30 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
 # Entry point
 
 
+def select_cells(matrix: list[Cell], patterns: str | tuple | list) -> list[Cell]:
+    """The cells of one matrix whose names match any of the comma-separated shell patterns, in run order.
+    A pattern that matches no cell, or a selected cell that needs an unselected cell not finished yet, is a
+    one-line error (the run would otherwise wait for it forever)."""
+    wanted = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
+    unmatched = [p for p in wanted if not any(fnmatch.fnmatchcase(cell.name, p) for cell in matrix)]
+    if unmatched:
+        raise runtime.UsageError(f"--cells {', '.join(unmatched)}: no cell of the plan matches "
+                                 f"(cells: {', '.join(cell.name for cell in matrix)})")
+    chosen = [cell for cell in matrix if any(fnmatch.fnmatchcase(cell.name, p) for p in wanted)]
+    names = {cell.name for cell in chosen}
+    by_name = {cell.name: cell for cell in matrix}
+    for cell in chosen:
+        for need in cell.needs:
+            if need not in names and not current_record(by_name[need], cell.root or matrix[0].root):
+                raise runtime.UsageError(f"--cells: {cell.name} needs {need}, which is neither selected nor "
+                                         f"finished under {cell.root or matrix[0].root}; add it to --cells")
+    return chosen
+
+
 def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = "outputs/reproduce",
               results_dir: str = "results", models: str | None = None, dry_run: bool = False,
-              report_only: bool = False, jobs: int = 1, report_tables: bool = True) -> None:
+              report_only: bool = False, jobs: int = 1, cells: str | None = None,
+              report_tables: bool = True) -> None:
     """Run (or print, or only report) a profile's matrix.
 
     Args:
@@ -1065,6 +1087,9 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         report_only: write the tables and figures from the cells finished so far, run nothing.
         jobs: run cells in this many processes at once, each pinned to its share of the CPUs (e.g. 2 on a
             2-core machine: about half the wall time). Keep 1 where each cell uses every GPU (paper profile).
+        cells: comma-separated cell names or shell patterns to run (default: every cell), e.g.
+            `'sft-s*,eval-sft-s*'` to rerun only the SFT models and their evaluations under another
+            --output_root. A selected cell's inputs must be selected too or already finished.
         report_tables: write the tables and figures at the end (the workers of `--jobs` leave it to the parent).
     """
     if profile not in PROFILES:
@@ -1082,35 +1107,40 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
     matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
                 for plan in plans]
+    selected = [(plan, select_cells(matrix, cells)) for plan, matrix in matrices] if cells else matrices
     runs_cells = not dry_run and not report_only
-    finished_before = {plan.tag: {cell.name for cell in cells if current_record(cell, cells[0].root)}
-                       for plan, cells in matrices} if runs_cells else {}
+    finished_before = {plan.tag: {cell.name for cell in matrix if current_record(cell, matrix[0].root)}
+                       for plan, matrix in matrices} if runs_cells else {}
     failed: list[str] = []
     if jobs != 1 and runs_cells:
         runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any worker starts
         argv = ["--profile", profile, "--dataset", dataset, "--output_root", output_root, "--results_dir",
                 results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False"]
+        if cells:
+            argv += ["--cells", cells if isinstance(cells, str) else ",".join(cells)]
         if run_in_workers(argv, jobs):
             failed.append("(see the workers' messages above)")
         report_only = True  # the workers ran the cells; the tables come from here
     if dry_run:
-        for _, cells in matrices:
-            for cell in cells:
+        for _, chosen in selected:
+            for cell in chosen:
                 print(" ".join(cell.command))
     elif not report_only:
         runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
         # Every model's cells in one queue, in plan order: a free worker moves on to the next model's cells
         # while the cells left in the first wait for its SFT.
-        failed += run_cells([cell for _, cells in matrices for cell in cells])
+        failed += run_cells([cell for _, chosen in selected for cell in chosen])
     if report_tables and not dry_run:
         seconds = round(time.time() - start, 1)  # the whole call up to its report, every model of it
-        for plan, cells in matrices:
+        for plan, matrix in matrices:
             call = None
             if runs_cells:  # this call's share of the matrix: the cells finished now that were not before
-                ran = {cell.name for cell in cells if current_record(cell, cells[0].root)} - finished_before[plan.tag]
-                call = {"started_at": started_at, "seconds": seconds, "cells_run": len(ran), "cells": len(cells),
+                ran = {cell.name for cell in matrix if current_record(cell, matrix[0].root)} - finished_before[plan.tag]
+                call = {"started_at": started_at, "seconds": seconds, "cells_run": len(ran), "cells": len(matrix),
                         "models": [p.tag for p, _ in matrices], "jobs": jobs, **git_state()}
-            report(plan, cells, cells[0].root, dataset, Path(results_dir), profile, call)
+                if cells:
+                    call["cells_selected"] = cells if isinstance(cells, str) else ",".join(cells)
+            report(plan, matrix, matrix[0].root, dataset, Path(results_dir), profile, call)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
     if failed:

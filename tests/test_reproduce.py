@@ -533,3 +533,34 @@ def test_with_several_sft_models_a_preference_run_is_paired_with_its_own_sft_and
     assert versus_dpo["per_seed"] == [0.25, 0.25, 0.0, -0.25] and versus_dpo["per_sft"] == [0.25, -0.125]
     assert versus_dpo["sft_se"] == pytest.approx(0.1875) and versus_dpo["sft_ahead"] == 1
     assert "± SE over SFT models" in reproduce.format_differences(list(found.values()))
+
+
+def test_cells_runs_only_the_named_cells_and_prints_only_them(tmp_path, capsys):
+    """`--cells 'sft-s*,eval-sft-s*'`: rerunning the SFT models and their evaluations elsewhere (issue 21)."""
+    reproduce.reproduce(profile="cpu", dataset="lastfm", models="tiny", output_root=str(tmp_path), dry_run=True,
+                        cells="sft-s*,eval-sft-s*")
+    lines = capsys.readouterr().out.strip().splitlines()
+    outputs = [line.split("--output_dir ")[1].split()[0] for line in lines]
+    assert [Path(out).name for out in outputs] == ["sft-s0", "sft-s1", "sft-s2", "sft-s0", "sft-s1", "sft-s2"]
+    assert [" sft.py " in line for line in lines] == [True] * 3 + [False] * 3
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_cells_pattern_matching_nothing_or_missing_an_input_is_one_line(tmp_path):
+    with pytest.raises(runtime.UsageError, match="--cells sft-s9: no cell of the plan matches"):
+        reproduce.reproduce(profile="cpu", models="tiny", output_root=str(tmp_path), dry_run=True, cells="sft-s9")
+    with pytest.raises(runtime.UsageError, match="eval-sft-s0 needs sft-s0, which is neither selected nor finished"):
+        reproduce.reproduce(profile="cpu", models="tiny", output_root=str(tmp_path), dry_run=True, cells="eval-sft-s0")
+
+
+def test_a_selected_cell_whose_input_finished_earlier_runs_alone(tmp_path):
+    cells = _timed_cells(tmp_path, {"a": (), "b": ("a",), "c": ("b",)}, seconds=0.05)
+    for cell in cells:
+        cell.root = tmp_path
+    with pytest.raises(runtime.UsageError, match="b needs a"):
+        reproduce.select_cells(cells, "b")
+    assert reproduce.run_cells(reproduce.select_cells(cells, ["a"]), poll_seconds=0.1) == []
+    chosen = reproduce.select_cells(cells, "b, c")
+    assert [cell.name for cell in chosen] == ["b", "c"]
+    assert reproduce.run_cells(chosen, poll_seconds=0.1) == []
+    assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b", "c"]
