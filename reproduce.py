@@ -627,6 +627,8 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
     origin = {name: sft_seed for sft_seed in plan.sft_seeds  # run -> the SFT seed it started from (or is)
               for name in [f"sft-s{sft_seed}"] + [preference_name(n, 1.0, seed, sft_seed if several else None)
                                                   for n in (1, plan.main_negatives) for seed in plan.preference_seeds]}
+    slot = {preference_name(n, 1.0, seed, sft_seed if several else None): (sft_seed, seed)  # run -> its seeds
+            for sft_seed in plan.sft_seeds for n in (1, plan.main_negatives) for seed in plan.preference_seeds}
     comparisons = []
     for a, b in ((sdpo, "DPO"), ("DPO", "SFT"), (sdpo, "SFT"), ("SFT", "base (untrained)"), (sdpo, "popularity")):
         runs_a = [name for name in groups[a] if name in hits]
@@ -635,8 +637,9 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
             continue
         if b == "SFT" and len(runs_b) > 1:  # each preference run against the SFT model it started from
             pairs = [(name, f"sft-s{origin[name]}") for name in runs_a if f"sft-s{origin[name]}" in hits]
-        elif len(runs_b) > 1:
-            pairs = list(zip(runs_a, runs_b))
+        elif len(runs_b) > 1:  # DPO and S-DPO: runs of the same SFT model and preference seed (finished in both)
+            slots_b = {slot[name]: name for name in runs_b}
+            pairs = [(name, slots_b[slot[name]]) for name in runs_a if slot[name] in slots_b]
         else:
             pairs = [(name, runs_b[0]) for name in runs_a]
         if not pairs:

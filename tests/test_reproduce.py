@@ -564,3 +564,16 @@ def test_a_selected_cell_whose_input_finished_earlier_runs_alone(tmp_path):
     assert [cell.name for cell in chosen] == ["b", "c"]
     assert reproduce.run_cells(chosen, poll_seconds=0.1) == []
     assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_a_partly_finished_matrix_pairs_dpo_and_sdpo_runs_of_the_same_sft_model_and_seed_only():
+    plan = reproduce.ModelPlan(model_name="tiny", tag="tiny", sft={}, preference={}, sft_seeds=(0, 1),
+                               preference_seeds=(0, 1), main_negatives=3)
+    name = reproduce.preference_name
+    hits = {"sft-s0": [0, 0, 0, 0], "sft-s1": [0, 0, 0, 0],  # DPO (seed 0, SFT 0) and S-DPO (seed 1, SFT 1) unfinished
+            name(1, 1.0, 1, 0): [1, 0, 0, 0], name(1, 1.0, 0, 1): [1, 1, 0, 0], name(1, 1.0, 1, 1): [0, 0, 0, 0],
+            name(3, 1.0, 0, 0): [1, 1, 1, 1], name(3, 1.0, 1, 0): [1, 1, 0, 0], name(3, 1.0, 0, 1): [1, 1, 1, 0]}
+    found = {c["comparison"]: c for c in reproduce.paired_differences(plan, {"hits": hits})}
+    versus_dpo = found["S-DPO (N=3) − DPO"]
+    assert versus_dpo["pairs"] == [[name(3, 1.0, 1, 0), name(1, 1.0, 1, 0)], [name(3, 1.0, 0, 1), name(1, 1.0, 0, 1)]]
+    assert versus_dpo["per_seed"] == [0.25, 0.25]
