@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Evaluation of each trained stage on the test split (HR@1, ValidRatio). Edit the values below (or set
-# them in the environment); extra flags pass through: bash inference.sh --max_samples 100
+# Evaluation of each trained stage on the test split (generation: HR@1, ValidRatio; ranking: HR@K, NDCG@K, MRR;
+# optionally constrained decoding). Edit the values below (or set them in the environment); extra flags pass
+# through: bash inference.sh --max_samples 100
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper
-MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}

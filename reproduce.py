@@ -1,8 +1,11 @@
 """The paper's experiments as one resumable matrix: Table 1, the negatives and beta sweeps, training curves.
 
-    bash reproduce.sh                                   # profile cpu on LastFM (about 2.5 hours on 2 cores, estimated)
+    bash reproduce.sh                                   # profile cpu on LastFM
     python reproduce.py --profile cpu --dataset lastfm  # the same, without the set-up
     python reproduce.py --profile paper --dry_run       # print the paper-scale commands (NPROC GPUs)
+
+The cpu profile is not yet timed as one run; from measured cell times on shared cores the tiny plan is about
+4 hours with --jobs 2; SmolLM2 about half an hour; tiny-bpe not measured.
 
 A profile is a list of model plans (`PROFILES` below). Each plan expands into *cells*: one stage run
 (SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
@@ -91,9 +94,9 @@ class ModelPlan:
 
 
 PROFILES: dict[str, list[ModelPlan]] = {
-    # Measured on 2 CPU cores (see README): the tiny LLaMA (one token per item, trained in full from
-    # scratch) carries the ranking columns, the sweeps and the seeds; SmolLM2-135M carries the
-    # generation columns on a random sample of test prompts.
+    # For 2 CPU cores: the tiny LLaMA (one token per item, trained in full from scratch) carries the ranking
+    # columns, the sweeps and the seeds; SmolLM2-135M (pretrained) and tiny-bpe (multi-token item names, also
+    # constrained to the candidates) carry the generation columns on a random sample of test prompts.
     "cpu": [
         ModelPlan(
             model_name="tiny", tag="tiny",
@@ -219,7 +222,8 @@ def table_runs(plan: ModelPlan, negatives: int) -> list[str]:
 
 
 def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.executable) -> list[Cell]:
-    """Every cell of one model plan, in run order (SFT, its evaluation, then preference runs and theirs)."""
+    """Every cell of one model plan, in run order: each SFT, the untrained model's evaluation, the baselines,
+    each SFT model's evaluation, then the preference runs (Table 1's first) and theirs."""
     data = ["--dataset", dataset]
     processes = process_count() if plan.distributed else 1
     train = [python] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
@@ -1080,8 +1084,9 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     """Run (or print, or only report) a profile's matrix.
 
     Args:
-        profile: `cpu` (2-core CPU, about 2.5 hours with --jobs 2, estimated from cell times), `paper`
-            (Llama-2-7B on 4 GPUs) or `smoke` (seconds).
+        profile: `cpu` (a 2-core CPU; not yet timed as one run; from measured cell times on shared cores the
+            tiny plan is about 4 hours with --jobs 2; SmolLM2 about half an hour; tiny-bpe not measured), `paper`
+            (Llama-2-7B on NPROC GPUs, default all visible; the paper used 4) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).
         results_dir: where the tables and figures go (`<results_dir>/<dataset>/<model>/`).

@@ -3,7 +3,7 @@
 #   bash sft.sh --max_steps 10
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper (4x A100)
-MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Stage 2: S-DPO from the SFT adapter. Edit the values below (or set them in the environment);
-# extra flags pass through: bash softmax_dpo.sh --forward concat
+# Stage 2: S-DPO from the SFT model (a LoRA adapter, or a whole model from FULL_FINETUNE=True bash sft.sh).
+# Edit the values below (or set them in the environment); extra flags pass through:
+#   bash softmax_dpo.sh --forward concat
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper (4x A100)
-MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: tests only)
+MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
@@ -22,6 +23,8 @@ NEG_NUM=${NEG_NUM:-3}                              # 3
 FORWARD=${FORWARD:-shared}                         # shared (prompt encoded once) | concat (1+N copies)
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}           # empty: all
 MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 2000 (seeded random sample of the val split)
+FULL_FINETUNE=${FULL_FINETUNE:-False}              # False (LoRA, or a fresh LoRA on a whole SFT model); True trains the
+                                                   # whole SFT model (needs one from FULL_FINETUNE=True bash sft.sh)
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
@@ -39,6 +42,6 @@ source "$(dirname "$0")/common.sh"
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" --beta "$BETA" --neg_num "$NEG_NUM" \
     --forward "$FORWARD" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
-    --max_eval_samples "$MAX_EVAL_SAMPLES" \
+    --max_eval_samples "$MAX_EVAL_SAMPLES" --full_finetune "$FULL_FINETUNE" \
     --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --resume_training "$RESUME_TRAINING" --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"
