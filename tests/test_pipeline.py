@@ -319,6 +319,9 @@ def test_quickstart_runs_every_stage_and_ends_in_the_results_table(synthetic_dir
     assert "quick start finished in" in result.stdout and "rankHR@1" in result.stdout
     flags = json.loads((tmp_path / "sft" / "run_info.json").read_text())["flags"]
     assert flags["item_embeddings"] == "sasrec" and flags["tie_word_embeddings"] is True and flags["max_steps"] == 3
+    for stage in ("dpo", "sdpo"):  # the preference stages train the whole SFT model (FULL_FINETUNE=True)
+        stage_flags = json.loads((tmp_path / stage / "run_info.json").read_text())["flags"]
+        assert stage_flags["full_finetune"] is True and stage_flags["max_steps"] == 2, stage
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"base", "sft", "dpo", "sdpo", "random", "popularity"}
     assert all(results[method]["n"] == 12 and "rank_hr@1" in results[method] for method in ("sft", "dpo", "sdpo"))
