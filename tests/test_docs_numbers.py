@@ -25,6 +25,7 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
+    ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm/tiny"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
     ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny@ac6c43a"),
     ("**LastFM, SmolLM2-135M-Instruct**", "\n## ", "lastfm/smollm2-135m"),
@@ -42,6 +43,7 @@ ELSEWHERE = {
                     "0.0045",  # β = 0.5 (0.2032) − β = 2 (0.1987)
                     "0.0067"},  # S-DPO N = 15, β = 1: seed 4 (0.2070) − seed 1 (0.2003), the range of its 5 seeds
     "lastfm/smollm2-135m": set(),
+    "lastfm/tiny": set(),
 }
 
 
