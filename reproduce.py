@@ -1070,10 +1070,11 @@ def select_cells(matrix: list[Cell], patterns: str | tuple | list) -> list[Cell]
     names = {cell.name for cell in chosen}
     by_name = {cell.name: cell for cell in matrix}
     for cell in chosen:
+        root = cell.root or matrix[0].root
         for need in cell.needs:
-            if need not in names and not current_record(by_name[need], cell.root or matrix[0].root):
+            if need not in names and not current_record(by_name[need], root):
                 raise runtime.UsageError(f"--cells: {cell.name} needs {need}, which is neither selected nor "
-                                         f"finished under {cell.root or matrix[0].root}; add it to --cells")
+                                         f"finished under {root}; add it to --cells")
     return chosen
 
 
@@ -1115,6 +1116,8 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
     matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
                 for plan in plans]
+    if cells and not isinstance(cells, str):  # fire reads `a,b` as a tuple
+        cells = ",".join(cells)
     selected = [(plan, select_cells(matrix, cells)) for plan, matrix in matrices] if cells else matrices
     runs_cells = not dry_run and not report_only
     finished_before = {plan.tag: {cell.name for cell in matrix if current_record(cell, matrix[0].root)}
@@ -1125,7 +1128,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         argv = ["--profile", profile, "--dataset", dataset, "--output_root", output_root, "--results_dir",
                 results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False"]
         if cells:
-            argv += ["--cells", cells if isinstance(cells, str) else ",".join(cells)]
+            argv += ["--cells", cells]
         if run_in_workers(argv, jobs):
             failed.append("(see the workers' messages above)")
         report_only = True  # the workers ran the cells; the tables come from here
@@ -1147,7 +1150,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
                 call = {"started_at": started_at, "seconds": seconds, "cells_run": len(ran), "cells": len(matrix),
                         "models": [p.tag for p, _ in matrices], "jobs": jobs, **git_state()}
                 if cells:
-                    call["cells_selected"] = cells if isinstance(cells, str) else ",".join(cells)
+                    call["cells_selected"] = cells
             report(plan, matrix, matrix[0].root, dataset, Path(results_dir), profile, call)
     if not dry_run:
         print(f"reproduce finished in {time.time() - start:.0f} s")
