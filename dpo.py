@@ -1,4 +1,4 @@
-"""Stage 2 baseline: pairwise DPO from the SFT adapter, i.e. S-DPO with one negative.
+"""Stage 2 baseline: pairwise DPO from the SFT model, i.e. S-DPO with one negative.
 
     python dpo.py --model_name tiny --dataset synthetic \
         --resume_from_checkpoint outputs/sft/final_checkpoint --output_dir outputs/dpo

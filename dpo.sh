@@ -3,7 +3,7 @@
 # FULL_FINETUNE=True bash sft.sh). Edit the values below (or set them in the environment); extra flags pass
 # through: bash dpo.sh --beta 0.5
 set -euo pipefail
-# ---------------------------------------------------------------- small CPU run  | paper (4x A100)
+# ---------------------------------------------------------------- small CPU run  | paper (4 GPUs)
 MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
 DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt

@@ -1,4 +1,4 @@
-"""Stage 2: S-DPO preference alignment from the SFT adapter, with N negatives per prompt.
+"""Stage 2: S-DPO preference alignment from the SFT model, with N negatives per prompt.
 
     python softmax_dpo.py --model_name tiny --dataset synthetic \\
         --resume_from_checkpoint outputs/sft/final_checkpoint --neg_num 3 --output_dir outputs/sdpo
@@ -6,9 +6,11 @@
         --resume_from_checkpoint outputs/sft/final_checkpoint --batch_size 4 \\
         --effective_batch_size 128 --learning_rate 1e-5 --num_train_epochs 3 --output_dir outputs/sdpo
 
-The policy starts from the SFT adapter; the reference is the same SFT adapter, frozen, loaded a
-second time as an adapter on the same base weights (or, with `--precompute_ref_log_probs`, its
-log-probs are computed once before training and the second adapter is dropped). Each prompt is
+The policy starts from the SFT model. From an SFT adapter (LoRA, the paper's path) the reference is
+the same adapter, frozen, loaded a second time on the same base weights (or, with
+`--precompute_ref_log_probs`, its log-probs are computed once before training and the second adapter
+is dropped). From a whole SFT model (`sft.py --full_finetune`) the reference log-probs are always
+precomputed, and the policy trains all weights (`--full_finetune`) or a fresh LoRA on top. Each prompt is
 encoded once and its 1 + N completions are scored on top of it (`--forward shared`); the
 straightforward 1 + N full copies remain available as `--forward concat`.
 
@@ -65,10 +67,10 @@ def train(
     wandb_name: str = "",
     seed: int = 0,
 ) -> str:
-    """Align the SFT adapter with the softmax-DPO loss; returns the final checkpoint path."""
+    """Align the SFT model (adapter or whole model) with the softmax-DPO loss; returns the final checkpoint path."""
     flags, start = dict(locals()), time.time()
     if not resume_from_checkpoint:
-        raise runtime.UsageError("--resume_from_checkpoint must name the SFT adapter (e.g. outputs/sft/final_checkpoint)")
+        raise runtime.UsageError("--resume_from_checkpoint must name the SFT model (e.g. outputs/sft/final_checkpoint)")
     runtime.check_checkpoint(resume_from_checkpoint)
     if forward not in ("shared", "concat"):
         raise runtime.UsageError(f"--forward must be 'shared' or 'concat', got {forward!r}")
