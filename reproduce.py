@@ -960,10 +960,11 @@ def provenance_lines(payload: dict) -> list[str]:
     if calls:
         ran = [call["cells_run"] for call in calls]
         total = _cells_total(payload)
+        finished = total - len(payload.get("cells_missing", []))
         lines.append(f"Run wall time: {payload['run_seconds'] / 60:.1f} min in {len(calls)} call"
                      f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']} (cells run: "
                      f"{' + '.join(map(str, ran))} of {total})"
-                     + ("; some cells ran in calls not recorded" if sum(ran) < total else "")
+                     + ("; some cells ran in calls not recorded" if sum(ran) < finished else "")
                      + ("; this report was rewritten later with `--report_only`" if payload.get("report_only") else "")
                      + ".")
     else:

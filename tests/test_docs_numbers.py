@@ -19,7 +19,9 @@ import pytest
 import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = sorted(path.parent for path in (REPO / "results").glob("*/*/results.json"))
+# results/<dataset>/<model>/ and the reruns of a profile's cells beside it (results/<dataset>/<model>/rerun/).
+FOLDERS = sorted(path.parent for pattern in ("*/*/results.json", "*/*/rerun/results.json")
+                 for path in (REPO / "results").glob(pattern))
 MEASUREMENTS = REPO / "docs" / "measurements.md"
 NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
@@ -55,7 +57,7 @@ def _payload(folder: Path) -> dict:
 
 
 def _name(folder: Path) -> str:
-    return f"{folder.parent.name}/{folder.name}"
+    return folder.relative_to(REPO / "results").as_posix()
 
 
 def test_there_are_committed_results():

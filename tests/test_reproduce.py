@@ -577,3 +577,15 @@ def test_a_partly_finished_matrix_pairs_dpo_and_sdpo_runs_of_the_same_sft_model_
     versus_dpo = found["S-DPO (N=3) − DPO"]
     assert versus_dpo["pairs"] == [[name(3, 1.0, 1, 0), name(1, 1.0, 1, 0)], [name(3, 1.0, 0, 1), name(1, 1.0, 0, 1)]]
     assert versus_dpo["per_seed"] == [0.25, 0.25]
+
+
+def test_the_wall_time_line_names_unrecorded_calls_only_when_more_cells_finished_than_the_calls_ran(
+        smoke_run, synthetic_dir):
+    root, _, _, _ = smoke_run
+    payload = json.loads((root / "results" / synthetic_dir.name / "tiny" / "results.json").read_text())
+    names = [f"cell-{i}" for i in range(10)]
+    payload["reproduce_calls"] = [dict(payload["reproduce_calls"][0], cells_run=4)]
+    payload["cells_missing"] = names[:6]  # 4 of 10 finished, all in the recorded call (a `--cells` run)
+    assert "(cells run: 4 of 10)." in reproduce.format_report(payload)
+    payload["cells_missing"] = names[:5]  # 5 finished, 4 of them in the recorded call
+    assert "(cells run: 4 of 10); some cells ran in calls not recorded." in reproduce.format_report(payload)
