@@ -30,8 +30,10 @@ PARTS = (
     ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm/tiny"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
     ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny@ac6c43a"),
-    ("**LastFM, SmolLM2-135M-Instruct**", "\n## ", "lastfm/smollm2-135m"),
-    ("## SmolLM2's profile run with 3 preference seeds", "\n## ", "lastfm/smollm2-135m"),
+    # SmolLM2's run of commit 1bcd49a, committed until 3799f25 (the run of 18b2f3c replaced it, same numbers).
+    ("**LastFM, SmolLM2-135M-Instruct**", "\n## ", "lastfm/smollm2-135m@3799f25"),
+    ("## SmolLM2's profile run again", "\n## ", "lastfm/smollm2-135m"),
+    ("## SmolLM2's profile run with 3 preference seeds", "\n## ", "lastfm/smollm2-135m@3799f25"),
     ("## The profile run with the longer preference stage", "\n## ", "lastfm/tiny@ac6c43a"),
 )
 
@@ -45,6 +47,7 @@ ELSEWHERE = {
                     "0.0045",  # β = 0.5 (0.2032) − β = 2 (0.1987)
                     "0.0067"},  # S-DPO N = 15, β = 1: seed 4 (0.2070) − seed 1 (0.2003), the range of its 5 seeds
     "lastfm/smollm2-135m": set(),
+    "lastfm/smollm2-135m@3799f25": set(),
     "lastfm/tiny": set(),
 }
 
