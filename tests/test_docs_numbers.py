@@ -28,6 +28,7 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
     ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm/tiny"),
+    ("## The rerun of the SFT cells", "\n## ", "lastfm/tiny/rerun"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
     ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny@ac6c43a"),
     # SmolLM2's run of commit 1bcd49a, committed until 3799f25 (the run of 18b2f3c replaced it, same numbers).
@@ -49,6 +50,15 @@ ELSEWHERE = {
     "lastfm/smollm2-135m": set(),
     "lastfm/smollm2-135m@3799f25": set(),
     "lastfm/tiny": set(),
+    # The committed run's numbers the rerun is compared with (results/lastfm/tiny/results.json: per-run metrics,
+    # the SFT row, the per-SFT-model S-DPO − DPO), and differences between them:
+    "lastfm/tiny/rerun": {"0.4185", "0.4052", "0.4038", "0.4092", "0.0081", "0.4035", "0.4292", "0.0253", "0.0226",
+                          "0.0172",
+                          "0.0257",  # S-DPO (0.4292) − DPO (0.4035), committed run, SFT seed 0, preference seed 0
+                          "0.0107",  # S-DPO (0.4292) − SFT (0.4185), same
+                          "0.0150",  # DPO (0.4035) − SFT (0.4185), same
+                          "0.0210",  # SFT seed 0: committed (0.4185) − rerun (0.3975)
+                          "0.0046"},  # SFT seed 1: rerun (0.4098) − committed (0.4052)
 }
 
 
@@ -165,3 +175,14 @@ def test_the_previous_tiny_runs_numbers_are_in_its_committed_table():
     if shown.returncode != 0:
         pytest.skip(f"{commit} is not in this clone's history (shallow clone?)")
     assert numbers <= set(NUMBER.findall(shown.stdout))
+
+
+def test_every_4_decimal_number_in_the_readmes_results_section_is_in_the_committed_files(tmp_path):
+    """The README's first-page results (table, paired differences, the rerun, the sweeps) quote committed files only."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    text = _part(readme, "## Results at CPU scale", "\n## ")
+    quoted = set(NUMBER.findall(text))
+    assert len(quoted) > 20, "the results section quotes few numbers: has its heading changed?"
+    recorded = set().union(*(_recorded_numbers(REPO / "results" / name)
+                             for name in ("lastfm/tiny", "lastfm/tiny/rerun", "lastfm/smollm2-135m")))
+    assert sorted(quoted - recorded) == []
