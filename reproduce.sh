@@ -7,8 +7,8 @@
 #   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far
 # A rerun skips finished cells; a killed run loses at most the cell in progress. Results (tables, figures,
 # results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
-# Time of the cpu profile: not yet timed as one run; from measured cell times on shared cores the tiny plan is
-# about 4 hours with --jobs 2; SmolLM2 about half an hour; tiny-bpe not measured.
+# Time of the cpu profile with JOBS=2 on 2 cores (measured): SmolLM2 on LastFM 29.5 min as one run; the tiny plan
+# on LastFM about 3.5 hours (its cells' own times add up to 424 min of one core); tiny-bpe and MovieLens not timed.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke

@@ -58,7 +58,10 @@ ELSEWHERE = {
                           "0.0107",  # S-DPO (0.4292) − SFT (0.4185), same
                           "0.0150",  # DPO (0.4035) − SFT (0.4185), same
                           "0.0210",  # SFT seed 0: committed (0.4185) − rerun (0.3975)
-                          "0.0046"},  # SFT seed 1: rerun (0.4098) − committed (0.4052)
+                          "0.0046",  # SFT seed 1: rerun (0.4098) − committed (0.4052)
+                          "0.0048",  # SFT seed 2: committed (0.4038) − rerun (0.3989), unrounded values
+                          # The recipe study's 3,000-prompt ranks of the same models (docs/recipe_study.md):
+                          "0.4273", "0.4073", "0.4013"},
 }
 
 
