@@ -5,6 +5,7 @@ One command per dataset, from the repository root::
 
     python -m data.prepare --dataset lastfm    [--raw_dir DIR] [--out_dir DIR] [--seed S]
     python -m data.prepare --dataset movielens [--raw_dir DIR] [--out_dir DIR] [--seed S]
+    python -m data.prepare --dataset lastfm --candidates per_sample --out_dir data/lastfm-per-sample
     python -m data.prepare --dataset goodreads [--genre poetry] [--max_users N] [--max_items N]
     python -m data.prepare --dataset lastfm-sdpo [--raw_dir DIR]    # the original release's split files
 
@@ -57,6 +58,7 @@ from data.protocol import (
     HISTORY_SEPARATOR,
     MAX_HISTORY,
     MIN_HISTORY,
+    CANDIDATE_PROTOCOLS,
     NUM_CANDIDATES,
     SEED_STRIDE,
     SPLITS,
@@ -108,6 +110,7 @@ def build(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
+    candidates: str = "original",
 ) -> Prepared:
     """Read, filter, split and sample ``dataset`` from ``source``; nothing is written."""
     raw = READERS[dataset](source, genre)
@@ -124,7 +127,8 @@ def build(
     names = unique_names(cleaned)
     splits = split_users(sequences)
     samples = {
-        split: [s for u in users for s in make_samples([index[i] for i, _ in sequences[u]], len(items), seed)]
+        split: [s for u in users for s in make_samples([index[i] for i, _ in sequences[u]], len(items), seed,
+                                             candidates, u)]
         for split, users in splits.items()
     }
     files = {f"{split}.json": dump_records([to_record(s, names) for s in samples[split]]) for split in SPLITS}
@@ -135,7 +139,7 @@ def build(
     stats.update(_counts(sequences))
     stats.update(_sample_stats([s for split in SPLITS for s in samples[split]]))
     stats["splits"] = {split: {"users": len(splits[split]), **_sample_stats(samples[split])} for split in SPLITS}
-    stats.update(_provenance(rules, raw, all_sequences, source))
+    stats.update(_provenance(rules, raw, all_sequences, source, candidates))
     stats["renamed_duplicate_names"] = sum(1 for a, b in zip(cleaned, names, strict=True) if a != b)
     files["stats.json"] = (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     last_time = {user: seq[-1][1] for user, seq in sequences.items()}
@@ -155,7 +159,8 @@ def _sample_stats(samples: list[Sample]) -> dict[str, Any]:
     return {"samples": len(samples), "mean_history_length": round(total / len(samples), 4) if samples else 0.0}
 
 
-def _provenance(rules: Filtering, raw: RawData, all_sequences: Sequences, source: RawSource) -> dict[str, Any]:
+def _provenance(rules: Filtering, raw: RawData, all_sequences: Sequences, source: RawSource,
+                candidates: str = "original") -> dict[str, Any]:
     """Protocol constants, filtering, counts before filtering, dropped rows, raw file hashes."""
     return {
         "protocol": {
@@ -163,7 +168,8 @@ def _provenance(rules: Filtering, raw: RawData, all_sequences: Sequences, source
             "min_history": MIN_HISTORY,
             "max_history": MAX_HISTORY,
             "split": "users by last-interaction time, 8:1:1",
-            "candidate_rng": f"random.Random(target_id + {SEED_STRIDE} * seed)",
+            "candidate_rng": (f"random.Random(target_id + {SEED_STRIDE} * seed)" if candidates == "original"
+                              else 'random.Random(f"{seed}:{user_id}:{position}")'),
         },
         "filtering": {
             "min_users_per_item": rules.min_users_per_item,
@@ -195,7 +201,10 @@ def write_outputs(files: dict[str, bytes], out_dir: Path) -> None:
             temp.unlink(missing_ok=True)
 
 
-def _check_arguments(dataset: Any, seed: Any, genre: Any) -> None:
+def _check_arguments(dataset: Any, seed: Any, genre: Any, candidates: Any = "original") -> None:
+    if candidates not in CANDIDATE_PROTOCOLS:
+        raise DataPreparationError(f"--candidates {candidates!r}: use one of {', '.join(CANDIDATE_PROTOCOLS)} "
+                                   "(per_sample: negatives drawn per sample, not seeded by the target)")
     if dataset not in DATASETS:
         raise DataPreparationError(
             f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)} "
@@ -215,6 +224,7 @@ def prepare(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
+    candidates: str = "original",
 ) -> dict[str, Any]:
     """Prepare ``dataset`` and write it to ``out_dir`` (default ``data/<dataset>/``).
 
@@ -223,7 +233,7 @@ def prepare(
     Returns the statistics also written to ``stats.json``. Raises
     :class:`DataPreparationError` (nothing written) on any input problem.
     """
-    _check_arguments(dataset, seed, genre)
+    _check_arguments(dataset, seed, genre, candidates)
     target = Path(out_dir) if out_dir is not None else REPO_ROOT / "data" / dataset
     if dataset == "lastfm-sdpo":
         files, stats = build_release(raw_dir)
@@ -231,7 +241,7 @@ def prepare(
         LOGGER.info("wrote %s", target)
         return stats
     source = open_source(dataset, raw_dir, genre)
-    prepared = build(dataset, source, seed, genre, max_users, max_items)
+    prepared = build(dataset, source, seed, genre, max_users, max_items, candidates)
     write_outputs(prepared.files, target)
     LOGGER.info("wrote %s", target)
     return prepared.stats
@@ -260,11 +270,12 @@ def main(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
+    candidates: str = "original",
 ) -> None:
     """Command line entry point: prepare one dataset and print its statistics."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        stats = prepare(dataset, raw_dir, out_dir, seed, genre, max_users, max_items)
+        stats = prepare(dataset, raw_dir, out_dir, seed, genre, max_users, max_items, candidates)
     except DataPreparationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -193,26 +193,40 @@ class AllowedItems(SequenceABC):
         return index + bisect.bisect_right(self._shifted, index)
 
 
-def sample_candidates(n_items: int, history: list[int], target: int, seed: int) -> list[int]:
+CANDIDATE_PROTOCOLS = ("original", "per_sample")
+
+
+def sample_candidates(n_items: int, history: list[int], target: int, seed: int,
+                      rng: random.Random | None = None) -> list[int]:
     """The target plus 19 items not in ``history`` nor the target, shuffled.
 
-    Uses ``random.Random(target + 1_000_003 * seed)``; with ``seed=0`` this is the
-    original code's ``random.seed(target)`` followed by ``random.sample`` over the
-    sorted allowed ids (the shuffle continues the same generator).
+    By default uses ``random.Random(target + 1_000_003 * seed)``; with ``seed=0`` this is the
+    original code's ``random.seed(target)`` followed by ``random.sample`` over the sorted allowed
+    ids (the shuffle continues the same generator). Seeded by the target, samples with the same
+    target share many negatives, which lets a model find the target from the list alone
+    (``candidate_shortcut.py``); pass ``rng`` (e.g. one per sample) to draw them independently.
     """
-    rng = random.Random(target + SEED_STRIDE * seed)
+    rng = rng if rng is not None else random.Random(target + SEED_STRIDE * seed)
     candidates = [*rng.sample(AllowedItems(n_items, [*history, target]), NUM_CANDIDATES - 1), target]
     rng.shuffle(candidates)
     return candidates
 
 
-def make_samples(sequence: list[int], n_items: int, seed: int) -> list[Sample]:
-    """One ``(history, candidates, target)`` per position with at least 3 earlier items."""
+def make_samples(sequence: list[int], n_items: int, seed: int, candidates: str = "original",
+                 user: str = "") -> list[Sample]:
+    """One ``(history, candidates, target)`` per position with at least 3 earlier items.
+
+    ``candidates="original"``: negatives seeded by the target (the original code);
+    ``"per_sample"``: a generator per sample, seeded by (seed, user, position), independent of the target.
+    """
+    if candidates not in CANDIDATE_PROTOCOLS:
+        raise ValueError(f"candidates={candidates!r}: use one of {', '.join(CANDIDATE_PROTOCOLS)}")
     samples = []
     for position in range(MIN_HISTORY, len(sequence)):
         history = sequence[max(0, position - MAX_HISTORY) : position]
         target = sequence[position]
-        samples.append((history, sample_candidates(n_items, history, target, seed), target))
+        rng = random.Random(f"{seed}:{user}:{position}") if candidates == "per_sample" else None
+        samples.append((history, sample_candidates(n_items, history, target, seed, rng), target))
     return samples
 
 

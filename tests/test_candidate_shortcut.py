@@ -16,16 +16,14 @@ N_ITEMS = 300
 
 
 def _records(seeded_by_target: bool, users: range) -> list[di.Record]:
-    """Sliding-window samples of random user sequences, candidates from data.protocol or drawn per sample."""
+    """Sliding-window samples of random user sequences, candidates by data.protocol's original (seeded by the
+    target) or per-sample protocol."""
     records = []
     for user in users:
         rng = random.Random(user)
         sequence = rng.sample(range(N_ITEMS), 15)
-        for history, candidates, target in protocol.make_samples(sequence, N_ITEMS, seed=0):
-            if not seeded_by_target:
-                others = [item for item in range(N_ITEMS) if item not in history and item != target]
-                candidates = [*rng.sample(others, protocol.NUM_CANDIDATES - 1), target]
-                rng.shuffle(candidates)
+        mode = "original" if seeded_by_target else "per_sample"
+        for history, candidates, target in protocol.make_samples(sequence, N_ITEMS, 0, mode, str(user)):
             records.append(di.Record(tuple(map(str, history)), tuple(map(str, candidates)), str(target)))
     return records
 
@@ -42,7 +40,7 @@ def test_negatives_seeded_by_the_target_let_a_history_blind_rule_find_the_target
     assert shared["same_target_overlap"] > 0.2 > 0.1 > shared["other_target_overlap"]
 
 
-def test_negatives_drawn_per_sample_leave_the_rule_near_random():
+def test_negatives_drawn_per_sample_leave_the_rule_near_random():  # data.prepare --candidates per_sample
     assert _hr1(seeded_by_target=False) < 0.15
     shared = candidate_shortcut.overlaps(_records(False, range(200)))
     assert shared["same_target_overlap"] == pytest.approx(shared["other_target_overlap"], abs=0.05)

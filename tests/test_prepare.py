@@ -295,6 +295,22 @@ def test_seed_changes_candidates_only(tmp_path: Path) -> None:
     assert [r["itemList"] for r in a] != [r["itemList"] for r in b]
 
 
+def test_per_sample_candidates_keep_everything_but_the_negatives_and_say_so(tmp_path: Path) -> None:
+    raw = write_movielens(tmp_path / "ml")
+    prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "orig")
+    stats = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "ps", candidates="per_sample")
+    a, b = read_records(tmp_path / "orig", "train"), read_records(tmp_path / "ps", "train")
+    assert [(r["historyList"], r["trueSelection"]) for r in a] == [(r["historyList"], r["trueSelection"]) for r in b]
+    assert [r["itemList"] for r in a] != [r["itemList"] for r in b]
+    assert stats["samples"] == check_records(tmp_path / "ps", 40)  # 20 distinct candidates, target in, history out
+    assert "user_id" in stats["protocol"]["candidate_rng"]
+    again = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "ps2", candidates="per_sample")
+    assert again == stats and read_records(tmp_path / "ps2", "train") == b  # deterministic
+    with pytest.raises(prepare.DataPreparationError, match="--candidates 'random'"):
+        prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "bad", candidates="random")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_lastfm_timestamps_file_is_preferred(tmp_path: Path) -> None:
     raw = write_lastfm(tmp_path / "lastfm")
     data = lastfm.read_lastfm(locate_raw_files.resolve_source("lastfm", raw))
