@@ -5,6 +5,9 @@
 #                                                       # visible; the paper used 4), torchrun
 #   PROFILE=paper bash reproduce.sh --dry_run           # print the paper's commands, run nothing
 #   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far
+#   DATASET=data/lastfm-per-sample bash reproduce.sh    # after `python -m data.prepare --dataset lastfm
+#                                                       # --candidates per_sample --out_dir data/lastfm-per-sample`:
+#                                                       # negatives drawn per sample (see data/README.md, Protocol)
 # A rerun skips finished cells; a killed run loses at most the cell in progress. Results (tables, figures,
 # results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
 # Time of the cpu profile with JOBS=2 on 2 cores (measured): SmolLM2 on LastFM 29.5 min as one run; the tiny plan
