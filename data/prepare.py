@@ -55,10 +55,10 @@ from data.lastfm_sdpo import build_release
 from data.locate_raw_files import open_source
 from data.movielens import read_movielens
 from data.protocol import (
+    CANDIDATE_PROTOCOLS,
     HISTORY_SEPARATOR,
     MAX_HISTORY,
     MIN_HISTORY,
-    CANDIDATE_PROTOCOLS,
     NUM_CANDIDATES,
     SEED_STRIDE,
     SPLITS,

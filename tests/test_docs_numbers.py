@@ -183,7 +183,7 @@ def test_the_previous_tiny_runs_numbers_are_in_its_committed_table():
     assert numbers <= set(NUMBER.findall(shown.stdout))
 
 
-def test_every_4_decimal_number_in_the_readmes_results_section_is_in_the_committed_files(tmp_path):
+def test_every_4_decimal_number_in_the_readmes_results_section_is_in_the_committed_files():
     """The README's first-page results (table, paired differences, the rerun, the sweeps) quote committed files only."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     text = _part(readme, "## Results at CPU scale", "\n## ")
