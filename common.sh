@@ -20,17 +20,20 @@ else
     LAUNCH=("$PYTHON")
 fi
 
-# ensure_dataset NAME: prepare data/NAME on first use (synthetic and folders need nothing). A raw archive
+# ensure_dataset NAME: prepare data/NAME on first use (synthetic and folders need nothing). NAME-original (e.g.
+# lastfm-original) is the same dataset with the original code's candidates (`--candidates original`). A raw archive
 # beside the checkout (../shared/data/raw/<name>) is used when there is one; otherwise data.prepare reads
 # $SDPO_RAW_DIR or downloads the official archive.
 ensure_dataset() {
     local name=$1
     if [ "$name" = synthetic ] || [ -d "$name" ] || [ -f "data/$name/train.json" ]; then return 0; fi
+    local base=${name%-original} flags=()
+    if [ "$base" != "$name" ]; then flags=(--candidates original); fi
     declare -A raw_name=([lastfm]=lastfm-2k [movielens]=ml-100k [goodreads]=goodreads)
-    local local_raw="../shared/data/raw/${raw_name[$name]:-$name}"
+    local local_raw="../shared/data/raw/${raw_name[$base]:-$base}"
     if [ -z "${SDPO_RAW_DIR:-}" ] && [ -d "$local_raw" ]; then
-        "$PYTHON" -m data.prepare --dataset "$name" --raw_dir "$local_raw"
+        "$PYTHON" -m data.prepare --dataset "$base" "${flags[@]}" --raw_dir "$local_raw"
     else
-        "$PYTHON" -m data.prepare --dataset "$name"
+        "$PYTHON" -m data.prepare --dataset "$base" "${flags[@]}"
     fi
 }

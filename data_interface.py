@@ -221,6 +221,23 @@ def _dataset_domain(folder: Path, dataset: str) -> str:
     return DOMAIN_OF_DATASET.get(dataset, "music")
 
 
+def candidate_protocol(folder: Path) -> str:
+    """How a prepared folder's negatives were drawn, from its stats.json: `per_sample`, `original` (seeded by the
+    target, the original code's: it gives the answer away, data/README.md), `release` (the original release's
+    files, read as they are), `synthetic` (data/synthetic.py: uniform per sample) or `unknown` (no stats.json,
+    e.g. files written by hand)."""
+    path = Path(folder) / "stats.json"
+    stats = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    protocol = stats.get("protocol", {})
+    if protocol.get("candidate_protocol"):
+        return protocol["candidate_protocol"]
+    if "candidate_rng" in protocol:  # folders prepared before candidate_protocol was written
+        return "per_sample" if "user_id" in protocol["candidate_rng"] else "original"
+    if stats.get("dataset") == "lastfm-sdpo":
+        return "release"
+    return "synthetic" if "best_hr@1" in stats else "unknown"
+
+
 def resolve_data_files(
     dataset: str | None = None,
     train_file: str | None = None,

@@ -25,7 +25,7 @@ commit; the whole run's wall time), `per_prompt.csv.gz` (every evaluation's per-
 which the paired differences recompute: `recompute_paired_differences`) and PNG figures: HR@1 against
 the number of negatives and against beta, and DPO vs S-DPO training curves (rewards, margin, chosen
 log-prob). table.md is a function of results.json alone (`format_report`); a report written by an older
-version is redrawn with `python -c "import reproduce; reproduce.rewrite_report('results/lastfm/tiny')"`.
+version is redrawn with `python -c "import reproduce; reproduce.rewrite_report('results/lastfm-original/tiny')"`.
 """
 
 from __future__ import annotations
@@ -578,7 +578,8 @@ def collect(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str) -> dic
     for name, flags in dirty.items():
         if None not in flags:  # unknown for any of its cells: left out ("not recorded" in table.md)
             runs[name]["git_dirty"] = any(flags)
-    return {"model": plan.model_name, "dataset": Path(dataset).name, "eval_records": len(test), "eval_seed": plan.eval_seed,
+    return {"model": plan.model_name, "dataset": Path(dataset).name,
+            "candidates": di.candidate_protocol(data.files.test.parent), "eval_records": len(test), "eval_seed": plan.eval_seed,
             "references": references, "runs": runs, "ranks": ranks, "gen_hits": gen_hits,
             "hits": {name: [int(rank == 1) for rank in values] for name, values in ranks.items()},
             "prompt_indices": [place[id(record)] for record in test]}
@@ -972,6 +973,16 @@ def provenance_lines(payload: dict) -> list[str]:
     return lines
 
 
+CANDIDATE_NOTES = {  # table.md's line on how the test prompts' negatives were drawn (data/README.md, Protocol)
+    "per_sample": "negatives drawn per sample (`data.prepare`'s default)",
+    "original": "the original code's negatives, seeded by the target: a history-blind rule that remembers them "
+                "ranks most targets first (`candidate_shortcut.py`)",
+    "release": "the original release's files, as published (negatives seeded by the target)",
+    "synthetic": "the synthetic data's, drawn uniformly per sample",
+    "unknown": "not recorded (the data folder has no stats.json)",
+}
+
+
 def format_report(payload: dict) -> str:
     """table.md: a pure function of results.json (tests/test_docs_numbers.py checks the committed ones)."""
     missing = payload["cells_missing"]
@@ -982,6 +993,8 @@ def format_report(payload: dict) -> str:
         *provenance_lines(payload), "",
         f"Evaluation: {payload['eval_records']} test prompts (seeded random sample across users, seed "
         f"{payload['eval_seed']}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",
+        *([f"Candidates: {CANDIDATE_NOTES.get(payload['candidates'], payload['candidates'])}."]
+          if "candidates" in payload else []),
         "Generation columns: greedy output names exactly one candidate (valid) and it is the target (HR@1).",
         "Ranking columns: the 20 candidates ranked by log p(name + EOS | prompt).", "",
         format_markdown(payload["table"]), "",

@@ -5,9 +5,9 @@
 #                                                       # visible; the paper used 4), torchrun
 #   PROFILE=paper bash reproduce.sh --dry_run           # print the paper's commands, run nothing
 #   bash reproduce.sh --report_only                     # tables and figures from the cells finished so far
-#   DATASET=data/lastfm-per-sample bash reproduce.sh    # after `python -m data.prepare --dataset lastfm
-#                                                       # --candidates per_sample --out_dir data/lastfm-per-sample`:
-#                                                       # negatives drawn per sample (see data/README.md, Protocol)
+#   DATASET=movielens bash reproduce.sh                 # MovieLens 100K (prepared on first use)
+#   DATASET=lastfm-original bash reproduce.sh           # the original code's candidates (negatives seeded by the
+#                                                       # target: they give the answer away, data/README.md)
 # A rerun skips finished cells; a killed run loses at most the cell in progress. Results (tables, figures,
 # results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
 # Time of the cpu profile with JOBS=2 on 2 cores (measured): SmolLM2 on LastFM 29.5 min as one run; the tiny plan
@@ -15,7 +15,8 @@
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
-DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads | synthetic | a prepared folder
+DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads (NAME-original: original candidates) |
+                                   # synthetic | a prepared folder
 MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m,tiny-bpe)
 DEFAULT_JOBS=1                     # cells run at once, each pinned to its share of the CPU cores: 2 for the cpu
 [[ $PROFILE == cpu && $(nproc) -ge 2 ]] && DEFAULT_JOBS=2  # profile on 2+ cores; 1 where every cell uses all GPUs

@@ -5,7 +5,7 @@ One command per dataset, from the repository root::
 
     python -m data.prepare --dataset lastfm    [--raw_dir DIR] [--out_dir DIR] [--seed S]
     python -m data.prepare --dataset movielens [--raw_dir DIR] [--out_dir DIR] [--seed S]
-    python -m data.prepare --dataset lastfm --candidates per_sample --out_dir data/lastfm-per-sample
+    python -m data.prepare --dataset lastfm --candidates original   # the original code's negatives: data/lastfm-original
     python -m data.prepare --dataset goodreads [--genre poetry] [--max_users N] [--max_items N]
     python -m data.prepare --dataset lastfm-sdpo [--raw_dir DIR]    # the original release's split files
 
@@ -14,8 +14,8 @@ prepare.prepare("lastfm", raw_dir=...)``.
 
 It writes ``train.json``, ``val.json``, ``test.json`` (a JSON list of
 ``{"historyList": "a::b::c", "itemList": [20 names], "trueSelection": name}``),
-``id2name.txt`` (``id::name`` lines) and ``stats.json`` into ``data/<dataset>/``.
-The protocol (ordering, filtering, split, candidate sampling) is described in
+``id2name.txt`` (``id::name`` lines) and ``stats.json`` into ``data/<dataset>/``
+(``data/<dataset>-original/`` with ``--candidates original``). The protocol (ordering, filtering, split, candidate sampling) is described in
 ``data/README.md`` next to this file.
 
 Without ``--raw_dir`` (or the ``SDPO_RAW_DIR`` environment variable) the official
@@ -110,7 +110,7 @@ def build(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
-    candidates: str = "original",
+    candidates: str = "per_sample",
 ) -> Prepared:
     """Read, filter, split and sample ``dataset`` from ``source``; nothing is written."""
     raw = READERS[dataset](source, genre)
@@ -160,7 +160,7 @@ def _sample_stats(samples: list[Sample]) -> dict[str, Any]:
 
 
 def _provenance(rules: Filtering, raw: RawData, all_sequences: Sequences, source: RawSource,
-                candidates: str = "original") -> dict[str, Any]:
+                candidates: str = "per_sample") -> dict[str, Any]:
     """Protocol constants, filtering, counts before filtering, dropped rows, raw file hashes."""
     return {
         "protocol": {
@@ -168,6 +168,7 @@ def _provenance(rules: Filtering, raw: RawData, all_sequences: Sequences, source
             "min_history": MIN_HISTORY,
             "max_history": MAX_HISTORY,
             "split": "users by last-interaction time, 8:1:1",
+            "candidate_protocol": candidates,
             "candidate_rng": (f"random.Random(target_id + {SEED_STRIDE} * seed)" if candidates == "original"
                               else 'random.Random(f"{seed}:{user_id}:{position}")'),
         },
@@ -201,8 +202,11 @@ def write_outputs(files: dict[str, bytes], out_dir: Path) -> None:
             temp.unlink(missing_ok=True)
 
 
-def _check_arguments(dataset: Any, seed: Any, genre: Any, candidates: Any = "original") -> None:
-    if candidates not in CANDIDATE_PROTOCOLS:
+def _check_arguments(dataset: Any, seed: Any, genre: Any, candidates: Any = None) -> None:
+    if dataset == "lastfm-sdpo" and candidates is not None:
+        raise DataPreparationError(f"--candidates {candidates!r} does not apply to lastfm-sdpo: its candidate lists "
+                                   "are the release's own, read as they are")
+    if candidates is not None and candidates not in CANDIDATE_PROTOCOLS:
         raise DataPreparationError(f"--candidates {candidates!r}: use one of {', '.join(CANDIDATE_PROTOCOLS)} "
                                    "(per_sample: negatives drawn per sample, not seeded by the target)")
     if dataset not in DATASETS:
@@ -216,6 +220,12 @@ def _check_arguments(dataset: Any, seed: Any, genre: Any, candidates: Any = "ori
         raise DataPreparationError(f"unknown Goodreads genre {genre!r}: choose one of {', '.join(GOODREADS_GENRES)}")
 
 
+def default_out_dir(dataset: str, candidates: str | None = None) -> Path:
+    """`data/<dataset>`, or `data/<dataset>-original` for the original code's candidates: the folder's name,
+    which names the results folder of the harness, says which candidates it holds."""
+    return REPO_ROOT / "data" / (f"{dataset}-original" if candidates == "original" else dataset)
+
+
 def prepare(
     dataset: str,
     raw_dir: str | os.PathLike[str] | None = None,
@@ -224,9 +234,13 @@ def prepare(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
-    candidates: str = "original",
+    candidates: str | None = None,
 ) -> dict[str, Any]:
-    """Prepare ``dataset`` and write it to ``out_dir`` (default ``data/<dataset>/``).
+    """Prepare ``dataset`` and write it to ``out_dir`` (default `default_out_dir`).
+
+    ``candidates``: ``"per_sample"`` (the default: each sample's negatives from its own generator) or
+    ``"original"`` (the original code's: seeded by the target, which gives the answer away, data/README.md);
+    not for ``lastfm-sdpo``, whose candidate lists are the release's.
 
     ``raw_dir`` (else ``$SDPO_RAW_DIR``, else a download into the cache) holds the
     raw files. ``max_users``/``max_items`` override the dataset's caps (0 = no cap).
@@ -234,14 +248,14 @@ def prepare(
     :class:`DataPreparationError` (nothing written) on any input problem.
     """
     _check_arguments(dataset, seed, genre, candidates)
-    target = Path(out_dir) if out_dir is not None else REPO_ROOT / "data" / dataset
+    target = Path(out_dir) if out_dir is not None else default_out_dir(dataset, candidates)
     if dataset == "lastfm-sdpo":
         files, stats = build_release(raw_dir)
         write_outputs(files, target)
         LOGGER.info("wrote %s", target)
         return stats
     source = open_source(dataset, raw_dir, genre)
-    prepared = build(dataset, source, seed, genre, max_users, max_items, candidates)
+    prepared = build(dataset, source, seed, genre, max_users, max_items, candidates or "per_sample")
     write_outputs(prepared.files, target)
     LOGGER.info("wrote %s", target)
     return prepared.stats
@@ -270,7 +284,7 @@ def main(
     genre: str = DEFAULT_GENRE,
     max_users: int | None = None,
     max_items: int | None = None,
-    candidates: str = "original",
+    candidates: str | None = None,
 ) -> None:
     """Command line entry point: prepare one dataset and print its statistics."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -280,7 +294,7 @@ def main(
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(format_stats(stats))
-    print(f"written to {Path(out_dir) if out_dir is not None else REPO_ROOT / 'data' / dataset}")
+    print(f"written to {Path(out_dir) if out_dir is not None else default_out_dir(dataset, candidates)}")
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def sample_candidates(n_items: int, history: list[int], target: int, seed: int,
     return candidates
 
 
-def make_samples(sequence: list[int], n_items: int, seed: int, candidates: str = "original",
+def make_samples(sequence: list[int], n_items: int, seed: int, candidates: str = "per_sample",
                  user: str = "") -> list[Sample]:
     """One ``(history, candidates, target)`` per position with at least 3 earlier items.
 

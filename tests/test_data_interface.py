@@ -289,3 +289,22 @@ def test_random_choice_metrics_are_the_expectation_over_uniform_ranks():
     assert metrics["hr@1"] == pytest.approx(1 / 20) and metrics["rank_hr@10"] == pytest.approx(0.5)
     assert metrics["rank_mrr"] == pytest.approx(sum(1 / r for r in range(1, 21)) / 20)
     assert metrics["rank_ndcg@5"] == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 6)) / 20)
+
+
+def test_candidate_protocol_reads_how_a_folder_was_prepared(tmp_path):
+    def folder(name, stats):
+        path = tmp_path / name
+        path.mkdir()
+        if stats is not None:
+            (path / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+        return path
+
+    assert di.candidate_protocol(folder("new", {"protocol": {"candidate_protocol": "original"}})) == "original"
+    # folders prepared before candidate_protocol was written: told apart by the generator's seed
+    old = {"protocol": {"candidate_rng": "random.Random(target_id + 1000003 * seed)"}}
+    assert di.candidate_protocol(folder("old", old)) == "original"
+    per_sample = {"protocol": {"candidate_rng": 'random.Random(f"{seed}:{user_id}:{position}")'}}
+    assert di.candidate_protocol(folder("ps", per_sample)) == "per_sample"
+    assert di.candidate_protocol(folder("release", {"dataset": "lastfm-sdpo"})) == "release"
+    assert di.candidate_protocol(di.ensure_dataset("synthetic")) == "synthetic"
+    assert di.candidate_protocol(folder("hand", None)) == "unknown"

@@ -27,14 +27,14 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
-    ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm/tiny"),
-    ("## The rerun of the SFT cells", "\n## ", "lastfm/tiny/rerun"),
+    ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm-original/tiny"),
+    ("## The rerun of the SFT cells", "\n## ", "lastfm-original/tiny/rerun"),
     ("## LastFM with per-sample candidates", "\n## ", "lastfm-per-sample/tiny"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
     ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny@ac6c43a"),
     # SmolLM2's run of commit 1bcd49a, committed until 3799f25 (the run of 18b2f3c replaced it, same numbers).
     ("**LastFM, SmolLM2-135M-Instruct**", "\n## ", "lastfm/smollm2-135m@3799f25"),
-    ("## SmolLM2's profile run again", "\n## ", "lastfm/smollm2-135m"),
+    ("## SmolLM2's profile run again", "\n## ", "lastfm-original/smollm2-135m"),
     ("## SmolLM2's profile run with 3 preference seeds", "\n## ", "lastfm/smollm2-135m@3799f25"),
     ("## The profile run with the longer preference stage", "\n## ", "lastfm/tiny@ac6c43a"),
 )
@@ -48,14 +48,14 @@ ELSEWHERE = {
                     "0.0033",  # N = 3 (0.2023) − N = 1 (0.1990)
                     "0.0045",  # β = 0.5 (0.2032) − β = 2 (0.1987)
                     "0.0067"},  # S-DPO N = 15, β = 1: seed 4 (0.2070) − seed 1 (0.2003), the range of its 5 seeds
-    "lastfm/smollm2-135m": set(),
+    "lastfm-original/smollm2-135m": set(),
     "lastfm/smollm2-135m@3799f25": set(),
-    "lastfm/tiny": set(),
-    # Runs on the original candidates it is compared with (results/lastfm/tiny and its rerun/):
+    "lastfm-original/tiny": set(),
+    # Runs on the original candidates it is compared with (results/lastfm-original/tiny and its rerun/):
     "lastfm-per-sample/tiny": {"0.4185", "0.3975", "0.4666", "0.0257", "0.0168"},
-    # The committed run's numbers the rerun is compared with (results/lastfm/tiny/results.json: per-run metrics,
+    # The committed run's numbers the rerun is compared with (results/lastfm-original/tiny/results.json: per-run metrics,
     # the SFT row, the per-SFT-model S-DPO − DPO), and differences between them:
-    "lastfm/tiny/rerun": {"0.4185", "0.4052", "0.4038", "0.4092", "0.0081", "0.4035", "0.4292", "0.0253", "0.0226",
+    "lastfm-original/tiny/rerun": {"0.4185", "0.4052", "0.4038", "0.4092", "0.0081", "0.4035", "0.4292", "0.0253", "0.0226",
                           "0.0172",
                           "0.0257",  # S-DPO (0.4292) − DPO (0.4035), committed run, SFT seed 0, preference seed 0
                           "0.0107",  # S-DPO (0.4292) − SFT (0.4185), same
@@ -80,7 +80,7 @@ def _name(folder: Path) -> str:
 
 
 def test_there_are_committed_results():
-    assert {"lastfm/tiny", "lastfm/smollm2-135m"} <= {_name(folder) for folder in FOLDERS}
+    assert {"lastfm-original/tiny", "lastfm-original/smollm2-135m"} <= {_name(folder) for folder in FOLDERS}
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=_name)
@@ -142,7 +142,9 @@ def _recorded_numbers(folder: Path) -> set[str]:
 
 
 def _results_folder(spec: str, tmp_path: Path) -> Path:
-    """`lastfm/tiny`: the committed folder; `lastfm/tiny@REV`: its results.json and table.md at commit REV."""
+    """`lastfm-original/tiny`: the committed folder; `lastfm/tiny@REV`: results/lastfm/tiny/'s results.json and
+    table.md at commit REV (results/lastfm/ was renamed lastfm-original/ when per-sample candidates became the
+    default)."""
     folder, _, revision = spec.partition("@")
     if not revision:
         return REPO / "results" / folder
@@ -190,6 +192,6 @@ def test_every_4_decimal_number_in_the_readmes_results_section_is_in_the_committ
     quoted = set(NUMBER.findall(text))
     assert len(quoted) > 20, "the results section quotes few numbers: has its heading changed?"
     recorded = set().union(*(_recorded_numbers(REPO / "results" / name)
-                             for name in ("lastfm/tiny", "lastfm/tiny/rerun", "lastfm/smollm2-135m",
+                             for name in ("lastfm-original/tiny", "lastfm-original/tiny/rerun", "lastfm-original/smollm2-135m",
                                           "lastfm-per-sample/tiny")))
     assert sorted(quoted - recorded) == []

@@ -325,3 +325,25 @@ def test_quickstart_runs_every_stage_and_ends_in_the_results_table(synthetic_dir
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"base", "sft", "dpo", "sdpo", "random", "popularity"}
     assert all(results[method]["n"] == 12 and "rank_hr@1" in results[method] for method in ("sft", "dpo", "sdpo"))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("movielens", "-m data.prepare --dataset movielens --raw_dir"),
+    ("movielens-original", "-m data.prepare --dataset movielens --candidates original --raw_dir"),
+    ("goodreads-original", "-m data.prepare --dataset goodreads --candidates original"),
+])
+def test_launchers_prepare_a_dataset_with_the_candidates_its_name_asks_for(tmp_path, name, expected):
+    """common.sh's ensure_dataset: NAME-original is NAME with the original code's candidates. A stand-in
+    Python records the command (nothing is prepared in the checkout)."""
+    log = tmp_path / "calls"
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    stand_in.chmod(0o755)
+    raw = {"movielens": "ml-100k", "goodreads": "goodreads"}[name.split("-")[0]]
+    local_raw = (REPO.parent / "shared" / "data" / "raw" / raw).is_dir()
+    run_script("bash", "-c", f"source common.sh && ensure_dataset {name}", env={"PYTHON": str(stand_in)})
+    if (REPO / "data" / name / "train.json").exists():  # prepared in this checkout already: nothing to do
+        assert not log.exists()
+        return
+    call = log.read_text().strip()
+    assert call.startswith(expected.replace(" --raw_dir", "") if not local_raw else expected), call

@@ -295,20 +295,37 @@ def test_seed_changes_candidates_only(tmp_path: Path) -> None:
     assert [r["itemList"] for r in a] != [r["itemList"] for r in b]
 
 
-def test_per_sample_candidates_keep_everything_but_the_negatives_and_say_so(tmp_path: Path) -> None:
+def test_per_sample_candidates_are_the_default_and_original_keeps_everything_but_the_negatives(tmp_path: Path) -> None:
     raw = write_movielens(tmp_path / "ml")
-    prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "orig")
-    stats = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "ps", candidates="per_sample")
+    original = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "orig", candidates="original")
+    stats = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "ps")
     a, b = read_records(tmp_path / "orig", "train"), read_records(tmp_path / "ps", "train")
     assert [(r["historyList"], r["trueSelection"]) for r in a] == [(r["historyList"], r["trueSelection"]) for r in b]
     assert [r["itemList"] for r in a] != [r["itemList"] for r in b]
     assert stats["samples"] == check_records(tmp_path / "ps", 40)  # 20 distinct candidates, target in, history out
-    assert "user_id" in stats["protocol"]["candidate_rng"]
+    assert stats["protocol"]["candidate_protocol"] == "per_sample" and "user_id" in stats["protocol"]["candidate_rng"]
+    assert original["protocol"]["candidate_protocol"] == "original"
+    assert "target_id" in original["protocol"]["candidate_rng"]
     again = prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "ps2", candidates="per_sample")
-    assert again == stats and read_records(tmp_path / "ps2", "train") == b  # deterministic
+    assert again == stats and read_records(tmp_path / "ps2", "train") == b  # deterministic, same as the default
     with pytest.raises(prepare.DataPreparationError, match="--candidates 'random'"):
         prepare.prepare("movielens", raw_dir=raw, out_dir=tmp_path / "bad", candidates="random")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_default_folder_says_which_candidates_it_holds() -> None:
+    assert prepare.default_out_dir("lastfm") == prepare.REPO_ROOT / "data" / "lastfm"
+    assert prepare.default_out_dir("lastfm", "per_sample") == prepare.REPO_ROOT / "data" / "lastfm"
+    assert prepare.default_out_dir("movielens", "original") == prepare.REPO_ROOT / "data" / "movielens-original"
+
+
+def test_candidates_for_the_release_split_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        prepare.main("lastfm-sdpo", raw_dir=str(tmp_path), out_dir=str(tmp_path / "out"), candidates="per_sample")
+    assert stop.value.code == 1
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "does not apply to lastfm-sdpo" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_lastfm_timestamps_file_is_preferred(tmp_path: Path) -> None:

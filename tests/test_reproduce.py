@@ -76,6 +76,8 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
     assert "baselines" in gru4rec["command"] and "--model" in gru4rec["command"]
     assert results["report_commit"] == commit and results["report_git_dirty"] is dirty
     assert table.startswith("# tiny on") and ("**Uncommitted changes:**" in table.split("Evaluation:")[0]) == dirty
+    # How the test prompts' negatives were drawn, read from the data folder (the synthetic data: per sample).
+    assert results["candidates"] == "synthetic" and f"Candidates: {reproduce.CANDIDATE_NOTES['synthetic']}." in table
     # The whole run's wall time: this one call, which ran every cell.
     [call] = results["reproduce_calls"]
     assert call["cells_run"] == call["cells"] == results["cells_total"] == 10 and results["report_only"] is False
