@@ -184,7 +184,8 @@ class DataFiles:
 
 
 def dataset_dir(dataset: str) -> Path:
-    """`data/<name>` for a named dataset; a folder path (holding train/val/test.json) is used as is."""
+    """`data/<name>` for a named dataset (`lastfm`, or `lastfm-original` for its original-candidates twin); a folder
+    path (holding train/val/test.json) is used as is."""
     if dataset not in REAL_DATASETS + (SYNTHETIC_DATASET,) and Path(dataset).is_dir():
         return Path(dataset)
     return DATA_ROOT / dataset
@@ -203,9 +204,11 @@ def ensure_dataset(dataset: str) -> Path:
 
         synthetic.generate(folder)
         return folder
-    if dataset in REAL_DATASETS:
+    base = dataset.removesuffix("-original")  # NAME-original: NAME with the original code's candidates
+    if dataset in REAL_DATASETS or (base != dataset and base in REAL_DATASETS and base != "lastfm-sdpo"):
+        candidates = " --candidates original" if base != dataset else ""
         raise DataError(
-            f"{folder}: dataset '{dataset}' is not prepared; run `python -m data.prepare --dataset {dataset}` "
+            f"{folder}: dataset '{dataset}' is not prepared; run `python -m data.prepare --dataset {base}{candidates}` "
             "(add --raw_dir DIR for a local copy of the raw archive), or use --dataset synthetic"
         )
     raise DataError(f"unknown dataset '{dataset}': use one of {', '.join(REAL_DATASETS + (SYNTHETIC_DATASET,))} "

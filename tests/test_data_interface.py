@@ -308,3 +308,16 @@ def test_candidate_protocol_reads_how_a_folder_was_prepared(tmp_path):
     assert di.candidate_protocol(folder("release", {"dataset": "lastfm-sdpo"})) == "release"
     assert di.candidate_protocol(di.ensure_dataset("synthetic")) == "synthetic"
     assert di.candidate_protocol(folder("hand", None)) == "unknown"
+
+
+def test_an_unprepared_dataset_names_the_command_that_prepares_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(di, "DATA_ROOT", tmp_path)
+    with pytest.raises(di.DataError, match=r"run `python -m data.prepare --dataset movielens` \("):
+        di.ensure_dataset("movielens")
+    with pytest.raises(di.DataError, match=r"run `python -m data.prepare --dataset lastfm --candidates original`"):
+        di.ensure_dataset("lastfm-original")
+    with pytest.raises(di.DataError, match="unknown dataset 'lastfm-sdpo-original'"):
+        di.ensure_dataset("lastfm-sdpo-original")
+    (tmp_path / "lastfm-original").mkdir()
+    (tmp_path / "lastfm-original" / "train.json").write_text("[]", encoding="utf-8")
+    assert di.ensure_dataset("lastfm-original") == tmp_path / "lastfm-original"
