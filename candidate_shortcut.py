@@ -1,6 +1,8 @@
 """Can the candidate list alone give the answer away? A check of the negative-sampling protocol.
 
-    python candidate_shortcut.py --dataset lastfm
+    python candidate_shortcut.py --dataset lastfm-original   # after data.prepare --dataset lastfm --candidates original
+    python candidate_shortcut.py --dataset lastfm            # data.prepare's default: negatives drawn per sample
+    python candidate_shortcut.py --dataset lastfm-sdpo       # the original release's files
 
 The original code draws a sample's 19 negatives from a generator seeded with the target's id
 (`random.seed(target)`; `data.protocol.sample_candidates` reproduces it). Samples with the same target then
@@ -13,7 +15,7 @@ target instead of reading the history. This script measures that without any mod
 - `memorisation_hr@1`: HR@1 on the test split of a rule that never looks at the history: each candidate c
   scores the number of the other 19 candidates that came with c as a negative in a training sample whose
   target was c; the highest score is ranked first (ties: the candidate listed first). With negatives drawn
-  independently of the target this rule sits near random (0.05).
+  independently of the target this rule sits near popularity (it still remembers which items were targets).
 """
 
 from __future__ import annotations
