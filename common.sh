@@ -32,8 +32,8 @@ ensure_dataset() {
     declare -A raw_name=([lastfm]=lastfm-2k [movielens]=ml-100k [goodreads]=goodreads)
     local local_raw="../shared/data/raw/${raw_name[$base]:-$base}"
     if [ -z "${SDPO_RAW_DIR:-}" ] && [ -d "$local_raw" ]; then
-        "$PYTHON" -m data.prepare --dataset "$base" "${flags[@]}" --raw_dir "$local_raw"
+        "$PYTHON" -m data.prepare --dataset "$base" ${flags[@]+"${flags[@]}"} --raw_dir "$local_raw"
     else
-        "$PYTHON" -m data.prepare --dataset "$base" "${flags[@]}"
+        "$PYTHON" -m data.prepare --dataset "$base" ${flags[@]+"${flags[@]}"}
     fi
 }

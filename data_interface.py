@@ -27,6 +27,7 @@ CANDIDATES_PLACEHOLDER = "[CansHere]"
 _PLACEHOLDER_PATTERN = re.compile(f"{re.escape(HISTORY_PLACEHOLDER)}|{re.escape(CANDIDATES_PLACEHOLDER)}")
 TEMPLATE_SEPARATOR = "---"
 REAL_DATASETS = ("lastfm", "movielens", "goodreads", "lastfm-sdpo")  # lastfm-sdpo: the original release's split
+DRAWN_CANDIDATES_DATASETS = ("lastfm", "movielens", "goodreads")  # data.prepare draws their candidates: NAME, NAME-original
 SYNTHETIC_DATASET = "synthetic"
 DOMAIN_OF_DATASET = {"lastfm": "music", "movielens": "movies", "goodreads": "books", "lastfm-sdpo": "music",
                      "synthetic": "music"}
@@ -197,22 +198,38 @@ def ensure_dataset(dataset: str) -> Path:
     Real datasets are never downloaded implicitly here: the error says which command prepares them.
     """
     folder = dataset_dir(dataset)
-    if (folder / "train.json").exists() or folder != DATA_ROOT / dataset:
+    if folder != DATA_ROOT / dataset:
+        return folder
+    base = dataset.removesuffix("-original")  # NAME-original: NAME with the original code's candidates
+    if (folder / "train.json").exists():
+        if base in DRAWN_CANDIDATES_DATASETS:
+            _check_candidates_match_the_name(folder, dataset, base)
         return folder
     if dataset == SYNTHETIC_DATASET:
         from data import synthetic  # numpy: imported only when the synthetic data is generated
 
         synthetic.generate(folder)
         return folder
-    base = dataset.removesuffix("-original")  # NAME-original: NAME with the original code's candidates
-    if dataset in REAL_DATASETS or (base != dataset and base in REAL_DATASETS and base != "lastfm-sdpo"):
+    if dataset in REAL_DATASETS or (base != dataset and base in DRAWN_CANDIDATES_DATASETS):
         candidates = " --candidates original" if base != dataset else ""
         raise DataError(
             f"{folder}: dataset '{dataset}' is not prepared; run `python -m data.prepare --dataset {base}{candidates}` "
             "(add --raw_dir DIR for a local copy of the raw archive), or use --dataset synthetic"
         )
     raise DataError(f"unknown dataset '{dataset}': use one of {', '.join(REAL_DATASETS + (SYNTHETIC_DATASET,))} "
-                    "or give --train_file/--val_file/--test_file")
+                    "(NAME-original for NAME's original candidates) or give --train_file/--val_file/--test_file")
+
+
+def _check_candidates_match_the_name(folder: Path, dataset: str, base: str) -> None:
+    """data/NAME holds per-sample candidates and data/NAME-original the original code's: a folder prepared before
+    per-sample became the default (or moved by hand) would otherwise label results with the wrong protocol."""
+    wanted = "original" if base != dataset else "per_sample"
+    found = candidate_protocol(folder)
+    if found in ("per_sample", "original") and found != wanted:
+        move = f"data/{base}-original" if found == "original" else f"data/{base}"
+        prepare = f"python -m data.prepare --dataset {base}" + (" --candidates original" if wanted == "original" else "")
+        raise DataError(f"{folder}: holds {found} candidates but '{dataset}' means {wanted} ones (prepared before "
+                        f"per-sample candidates became data.prepare's default?): move it to {move}, or run `{prepare}`")
 
 
 def _dataset_domain(folder: Path, dataset: str) -> str:
@@ -221,7 +238,7 @@ def _dataset_domain(folder: Path, dataset: str) -> str:
         domain = json.loads(stats.read_text(encoding="utf-8")).get("domain")
         if domain:
             return domain
-    return DOMAIN_OF_DATASET.get(dataset, "music")
+    return DOMAIN_OF_DATASET.get(dataset.removesuffix("-original"), "music")
 
 
 def candidate_protocol(folder: Path) -> str:

@@ -5,7 +5,7 @@
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper
 MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
-DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
+DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads (NAME-original: the original candidates) | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; base = the model untrained

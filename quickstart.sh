@@ -35,4 +35,4 @@ BATCH_SIZE=64 bash inference.sh --overwrite_output_dir --generation False
 python results.py --output_root "$OUTPUT_ROOT" --dataset "$DATASET" --max_samples "$MAX_SAMPLES" --seed "$SEED"
 echo "quick start finished in $(( $(date +%s) - start )) s"
 echo "One SFT model, one seed and 500 prompts: this shows the pipeline learns, not which method is better."
-echo "The evidence is the committed reproduction: results/lastfm-original/tiny/table.md (README, Results)."
+echo "The evidence is the committed reproduction (README, Results): results/movielens/tiny and results/lastfm-*/tiny."

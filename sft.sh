@@ -4,7 +4,7 @@
 set -euo pipefail
 # ---------------------------------------------------------------- small CPU run  | paper (4 GPUs)
 MODEL_NAME=${MODEL_NAME:-smollm2-135m}             # meta-llama/Llama-2-7b-hf (tiny: the quick start and the cpu profile; tiny-bpe: multi-token names)
-DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads | synthetic
+DATASET=${DATASET:-lastfm}                         # lastfm | movielens | goodreads (NAME-original: the original candidates) | synthetic
 PROMPT_PATH=${PROMPT_PATH:-}                       # empty: prompts/<domain>.txt
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 NPROC=${NPROC:-}                                   # empty: one process per visible GPU, 1 without CUDA

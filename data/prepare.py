@@ -286,7 +286,21 @@ def main(
     max_items: int | None = None,
     candidates: str | None = None,
 ) -> None:
-    """Command line entry point: prepare one dataset and print its statistics."""
+    """Command line entry point: prepare one dataset and print its statistics.
+
+    Args:
+        dataset: lastfm, movielens, goodreads, or lastfm-sdpo (the original release's split files).
+        raw_dir: a local copy of the raw archive (else $SDPO_RAW_DIR, else a download into the cache).
+        out_dir: where the files go; default data/<dataset>, or data/<dataset>-original with
+            `--candidates original`.
+        seed: the candidate sampling seed.
+        genre: the Goodreads genre subset.
+        max_users: a cap on users (0 = none; Goodreads has a default).
+        max_items: a cap on items (0 = none; Goodreads has a default).
+        candidates: per_sample (the default when not given: each sample's negatives from its own generator) or
+            original (the original code's, seeded by the target: they give the answer away, data/README.md).
+            Not for lastfm-sdpo, whose candidate lists are the release's.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         stats = prepare(dataset, raw_dir, out_dir, seed, genre, max_users, max_items, candidates)

@@ -321,3 +321,27 @@ def test_an_unprepared_dataset_names_the_command_that_prepares_it(monkeypatch, t
     (tmp_path / "lastfm-original").mkdir()
     (tmp_path / "lastfm-original" / "train.json").write_text("[]", encoding="utf-8")
     assert di.ensure_dataset("lastfm-original") == tmp_path / "lastfm-original"
+
+
+def test_a_folder_whose_candidates_contradict_its_name_is_refused(monkeypatch, tmp_path):
+    """data/lastfm prepared before per-sample candidates became the default holds the original ones: using it as
+    `lastfm` would label the results per-sample."""
+    monkeypatch.setattr(di, "DATA_ROOT", tmp_path)
+    rngs = {"original": "random.Random(target_id + 1000003 * seed)",
+            "per_sample": 'random.Random(f"{seed}:{user_id}:{position}")'}
+    for name, protocol in (("lastfm", "original"), ("movielens-original", "per_sample"),
+                           ("goodreads", "per_sample"), ("lastfm-original", "original")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.json").write_text("[]", encoding="utf-8")
+        stats = {"domain": "music", "protocol": {"candidate_rng": rngs[protocol]}}  # an old stats.json
+        (tmp_path / name / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    with pytest.raises(di.DataError, match=r"lastfm: holds original candidates but 'lastfm' means per_sample ones.*"
+                                           r"move it to data/lastfm-original"):
+        di.ensure_dataset("lastfm")
+    with pytest.raises(di.DataError, match=r"holds per_sample candidates .* move it to data/movielens, or run "
+                                           r"`python -m data.prepare --dataset movielens --candidates original`"):
+        di.ensure_dataset("movielens-original")
+    assert di.ensure_dataset("goodreads") == tmp_path / "goodreads"
+    assert di.ensure_dataset("lastfm-original") == tmp_path / "lastfm-original"
+    # an -original folder without stats.json still gets its dataset's prompt template
+    assert di._dataset_domain(tmp_path / "nowhere", "movielens-original") == "movies"

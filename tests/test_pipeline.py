@@ -341,9 +341,10 @@ def test_launchers_prepare_a_dataset_with_the_candidates_its_name_asks_for(tmp_p
     stand_in.chmod(0o755)
     raw = {"movielens": "ml-100k", "goodreads": "goodreads"}[name.split("-")[0]]
     local_raw = (REPO.parent / "shared" / "data" / "raw" / raw).is_dir()
-    run_script("bash", "-c", f"source common.sh && ensure_dataset {name}", env={"PYTHON": str(stand_in)})
+    run_script("bash", "-c", f"set -euo pipefail; source common.sh; ensure_dataset {name}",  # as reproduce.sh runs it
+               env={"PYTHON": str(stand_in), "NPROC": "1", "SDPO_RAW_DIR": ""})
     if (REPO / "data" / name / "train.json").exists():  # prepared in this checkout already: nothing to do
         assert not log.exists()
         return
-    call = log.read_text().strip()
+    call = log.read_text().strip().splitlines()[-1]
     assert call.startswith(expected.replace(" --raw_dir", "") if not local_raw else expected), call

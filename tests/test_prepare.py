@@ -7,6 +7,7 @@ import functools
 import gzip
 import http.server
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -319,12 +320,45 @@ def test_the_default_folder_says_which_candidates_it_holds() -> None:
     assert prepare.default_out_dir("movielens", "original") == prepare.REPO_ROOT / "data" / "movielens-original"
 
 
+def test_prepare_writes_the_folder_its_candidates_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    raw = write_movielens(tmp_path / "ml")
+    monkeypatch.setattr(prepare, "REPO_ROOT", tmp_path / "repo")
+    prepare.main("movielens", raw_dir=str(raw), candidates="original")
+    prepare.main("movielens", raw_dir=str(raw))
+    written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("written to")]
+    assert written == [f"written to {tmp_path / 'repo' / 'data' / 'movielens-original'}",
+                       f"written to {tmp_path / 'repo' / 'data' / 'movielens'}"]
+    original = json.loads((tmp_path / "repo" / "data" / "movielens-original" / "stats.json").read_text())
+    default = json.loads((tmp_path / "repo" / "data" / "movielens" / "stats.json").read_text())
+    assert original["protocol"]["candidate_protocol"] == "original"
+    assert default["protocol"]["candidate_protocol"] == "per_sample"
+
+
+def test_original_candidates_are_the_original_codes_draw() -> None:
+    """--candidates original: `random.seed(target)`, `random.sample` over the sorted ids outside the history and
+    the target (the original code), then a shuffle from the same generator."""
+    n_items, seed = 300, 0
+    for history, target in (([5, 9, 17], 42), ([0, 1, 2, 3, 299], 150), ([120, 7, 64], 0)):
+        [(got_history, candidates, got_target)] = protocol.make_samples([*history, target], n_items, seed,
+                                                                         "original")[-1:]
+        assert got_history == history and got_target == target
+        reference = random.Random()
+        reference.seed(target)
+        allowed = sorted(set(range(n_items)) - {*history, target})
+        expected = [*reference.sample(allowed, 19), target]
+        reference.shuffle(expected)
+        assert candidates == expected
+
+
 def test_candidates_for_the_release_split_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         prepare.main("lastfm-sdpo", raw_dir=str(tmp_path), out_dir=str(tmp_path / "out"), candidates="per_sample")
     assert stop.value.code == 1
     message = capsys.readouterr().err.strip()
     assert message.count("\n") == 0 and "does not apply to lastfm-sdpo" in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(prepare.DataPreparationError, match="'original' does not apply to lastfm-sdpo"):
+        prepare.prepare("lastfm-sdpo", raw_dir=tmp_path, out_dir=tmp_path / "out", candidates="original")
     assert not (tmp_path / "out").exists()
 
 

@@ -592,3 +592,14 @@ def test_the_wall_time_line_names_unrecorded_calls_only_when_more_cells_finished
     assert "(cells run: 4 of 10)." in reproduce.format_report(payload)
     payload["cells_missing"] = names[:5]  # 5 finished, 4 of them in the recorded call
     assert "(cells run: 4 of 10); some cells ran in calls not recorded." in reproduce.format_report(payload)
+
+
+def test_table_md_says_how_the_negatives_were_drawn():
+    payload = json.loads((REPO / "results" / "lastfm-per-sample" / "tiny" / "results.json").read_text())
+    payload.pop("candidates", None)
+    assert "Candidates:" not in reproduce.format_report(payload)  # a results.json from before it was recorded
+    for protocol in ("per_sample", "original", "unknown"):
+        lines = reproduce.format_report({**payload, "candidates": protocol}).splitlines()
+        [line] = [line for line in lines if line.startswith("Candidates:")]
+        assert line == f"Candidates: {reproduce.CANDIDATE_NOTES[protocol]}."
+    assert "seeded by the target" in reproduce.CANDIDATE_NOTES["original"]
