@@ -11,7 +11,8 @@
 # A rerun skips finished cells; a killed run loses at most the cell in progress. Results (tables, figures,
 # results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
 # Time of the cpu profile with JOBS=2 on 2 cores (measured): SmolLM2 on LastFM 29.5 min as one run; the tiny plan
-# on LastFM about 3.5 hours (its cells' own times add up to 424 min of one core); tiny-bpe and MovieLens not timed.
+# on LastFM about 3.5 hours (its cells' own times add up to 424 min of one core); on MovieLens its Table 1 with one
+# preference seed per SFT model (--cells, 20 of 54 cells, README) 99.2 min as one run; tiny-bpe not timed.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
