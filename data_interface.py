@@ -410,13 +410,15 @@ def encode_completions(tokenizer, prompt: str, completions: Sequence[str]) -> li
     return encoded
 
 
-def tokenize_sft_row(tokenizer, row: dict, max_prompt_length: int | None = None) -> dict:
-    """`{"input_ids", "labels"}` for SFT: labels are -100 on the prompt, so loss is on the completion."""
+def tokenize_sft_row(tokenizer, row: dict, max_prompt_length: int | None = None,
+                     train_on_inputs: bool = False) -> dict:
+    """`{"input_ids", "labels"}` for SFT: labels are -100 on the prompt, so loss is on the completion (the
+    paper's SFT); with `train_on_inputs` every token is labelled (a language-modelling loss on the prompt too)."""
     prompt_ids = encode_prompt(tokenizer, row["prompt"], max_prompt_length)
     completion_ids = encode_completion(tokenizer, row["prompt"], row["completion"])
     return {
         "input_ids": prompt_ids + completion_ids,
-        "labels": [-100] * len(prompt_ids) + completion_ids,
+        "labels": (list(prompt_ids) if train_on_inputs else [-100] * len(prompt_ids)) + completion_ids,
     }
 
 

@@ -10,6 +10,9 @@ trained from scratch) and tokenizer in `output_dir/final_checkpoint`. `--resume_
 folder, or True for the latest in output_dir) continues a killed run. With `--full_finetune`,
 `--tie_word_embeddings True` shares the input and output embeddings and `--item_embeddings sasrec` starts
 each item token's embedding from a SASRec trained on the training split (`item_init.py`).
+`--train_on_inputs True` adds a language-modelling loss on the prompt's tokens to the completion's (off by default,
+as in the paper): for a model trained from scratch (tiny-bpe) it stands in for the pretraining that taught a real
+LLM the item names. Its eval loss, which picks the best checkpoint, then covers the prompt too.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def train(
     full_finetune: bool = False,
     item_embeddings: str = "random",
     tie_word_embeddings: bool = False,
+    train_on_inputs: bool = False,
     bf16: bool | None = None,
     load_in_4bit: bool | str = "auto",
     bnb_4bit_use_double_quant: bool = False,
@@ -97,7 +101,7 @@ def train(
 
     def tokenized(records):
         rows = di.build_sft_rows(records, data.templates, seed)
-        return Dataset.from_list([di.tokenize_sft_row(tokenizer, row, cutoff_len) for row in rows])
+        return Dataset.from_list([di.tokenize_sft_row(tokenizer, row, cutoff_len, train_on_inputs) for row in rows])
 
     config = SFTConfig(
         max_length=None,  # prompts are already cut from the left by `encode_prompt`
