@@ -178,6 +178,7 @@ class Cell:
     needs: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)  # method, seed, negatives, beta, ... for the report
     root: Path | None = None  # the matrix folder of its records, logs and locks (None: run_cells' root)
+    data: str = ""  # dataset_fingerprint of the data it runs on ("" where the folder is not prepared: unchecked)
 
 
 def _flags(values: dict) -> list[str]:
@@ -289,9 +290,23 @@ def plan_cells(plan: ModelPlan, dataset: str, root: Path, python: str = sys.exec
                 **({"sft_seed": sft_seed} if several else {})}
         cells.append(Cell(name, "preference", command, out, (sft_out.name,), info))
         cells.append(evaluation(name, out, (name,), info))
+    fingerprint = dataset_fingerprint(dataset)
     for cell in cells:
-        cell.root = root
+        cell.root, cell.data = root, fingerprint
     return cells
+
+
+def dataset_fingerprint(dataset: str) -> str:
+    """A digest of the dataset's train/val/test files, "" where they are absent. A cell's record keeps the digest
+    of the data it ran on, so a record made from other data (the folder prepared again, differently) is stale."""
+    folder = di.dataset_dir(dataset)
+    files = [folder / f"{split}.json" for split in ("train", "val", "test")]
+    if not all(path.is_file() for path in files):
+        return ""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,13 +364,16 @@ def _digest(path: Path) -> str:
 
 def current_record(cell: Cell, root: Path) -> dict:
     """The cell's record while it still stands for the cell as planned now, else {}: a record is stale when
-    the cell's command changed (e.g. a profile's flag was edited) or a cell it needs was run again since."""
+    the cell's command changed (e.g. a profile's flag was edited), a cell it needs was run again since, or the
+    dataset's files differ from those it ran on."""
     record = _read(root / "cells" / f"{cell.name}.json")
     if not record:
         return {}
     written_by = record.get("cell_command") or [part for part in record["command"]
                                                 if part not in RESUME_FLAGS.values()]
     if _identity(written_by) != _identity(cell.command):
+        return {}
+    if record.get("data") and cell.data and record["data"] != cell.data:  # other data than the folder holds now
         return {}
     needs = record.get("needs")  # absent from records of older versions: not checked
     if needs is not None and needs != {need: _digest(root / "cells" / f"{need}.json") for need in cell.needs}:
@@ -398,7 +416,7 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     if git_state() != state:  # the tree changed while the cell ran (code may be imported late): not one commit's
         state["git_dirty"] = True
     record = {"name": cell.name, "kind": cell.kind, "command": command, "cell_command": cell.command,
-              "needs": needs, "info": cell.info,
+              "needs": needs, "data": cell.data, "info": cell.info,
               "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               **state}
     runtime.save_json(records / f"{cell.name}.json", record)

@@ -173,6 +173,15 @@ def test_tokenization_masks_the_prompt_and_ends_with_eos():
     assert encoded["input_ids"][n_prompt:] == encoded["labels"][n_prompt:]
 
 
+def test_train_on_inputs_labels_every_token_and_keeps_the_input_ids():
+    row = {"prompt": "abcdef Answer:", "completion": " Muse"}
+    masked = di.tokenize_sft_row(CharTokenizer(), row)
+    full = di.tokenize_sft_row(CharTokenizer(), row, train_on_inputs=True)
+    assert full["input_ids"] == masked["input_ids"]
+    assert full["labels"] == full["input_ids"]
+    assert -100 not in full["labels"]
+
+
 def test_long_prompts_are_cut_from_the_left_keeping_bos():
     ids = di.encode_prompt(CharTokenizer(), "0123456789Answer:", max_prompt_length=8)
     assert ids == [1] + [ord(ch) + 10 for ch in "Answer:"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,6 +347,31 @@ def test_an_edited_cell_runs_again_and_so_do_the_cells_made_from_it(tmp_path):
     ran = [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()]
     assert sorted(ran[:3]) == ["a", "b", "c"] and ran[3:] == ["a", "b"]
     assert all(reproduce.current_record(cell, tmp_path) for cell in edited)
+
+
+def test_cells_made_from_other_data_run_again(synthetic_dir, tmp_path):
+    """A data folder prepared again with other contents makes its finished cells stale (their records keep the
+    digest of the files they ran on); the same files, or a record without a digest, stand."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    before = reproduce.dataset_fingerprint(str(data))
+    plan = reproduce.PROFILES["smoke"][0]
+    assert {cell.data for cell in reproduce.plan_cells(plan, str(data), tmp_path / "m")} == {before}
+    cells = _timed_cells(tmp_path, {"a": (), "b": ("a",)}, 0.1)
+    for cell in cells:
+        cell.data = before
+    assert reproduce.run_cells(cells, tmp_path, 0.1) == []
+    assert reproduce.dataset_fingerprint(str(data)) == before
+    train = data / "train.json"
+    train.write_text(json.dumps(json.loads(train.read_text())[:-1]))  # prepared again: one record fewer
+    after = reproduce.dataset_fingerprint(str(data))
+    assert after not in ("", before)
+    for cell in cells:
+        cell.data = after
+    assert not any(reproduce.current_record(cell, tmp_path) for cell in cells)
+    assert reproduce.run_cells(cells, tmp_path, 0.1) == []
+    assert [line.split()[0] for line in (tmp_path / "times.txt").read_text().splitlines()] == ["a", "b", "a", "b"]
+    assert reproduce.dataset_fingerprint(str(tmp_path / "absent")) == ""
 
 
 def _checkpoint(folder: Path, damaged: bool = False) -> None:
