@@ -337,6 +337,7 @@ def test_quickstart_runs_every_stage_and_ends_in_the_results_table(synthetic_dir
     assert "quick start finished in" in result.stdout and "rankHR@1" in result.stdout
     flags = json.loads((tmp_path / "sft" / "run_info.json").read_text())["flags"]
     assert flags["item_embeddings"] == "sasrec" and flags["tie_word_embeddings"] is True and flags["max_steps"] == 3
+    assert flags["train_on_inputs"] is False  # sft.sh passes TRAIN_ON_INPUTS, the paper's completion-only loss
     for stage in ("dpo", "sdpo"):  # the preference stages train the whole SFT model (FULL_FINETUNE=True)
         stage_flags = json.loads((tmp_path / stage / "run_info.json").read_text())["flags"]
         assert stage_flags["full_finetune"] is True and stage_flags["max_steps"] == 2, stage
