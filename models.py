@@ -123,6 +123,14 @@ def build_tiny_tokenizer(texts: Iterable[str], item_names: Sequence[str], bpe_vo
 
     core = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if not item_tokens:
+        # Spaces and quotes are tokens of their own, so that a name is the same token sequence in the prompt's
+        # quoted lists and in the answer (" Kylie Minogue" = [" ", "Kylie", " ", "Minogue"] in both), as an item
+        # token is for `tiny`. Without this the first piece differs ('"' + "Kylie" in the list, " Kylie" in the
+        # answer): a pretrained LLM has learnt such pairs, a model trained from scratch on completions has not.
+        core.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(" ", "isolated"), pre_tokenizers.Split('"', "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab_size,
@@ -165,7 +173,7 @@ def tiny_model_dir(texts: Sequence[str], item_names: Sequence[str], item_tokens:
     """Build (once) and return the cached folder of the tiny model for this corpus (`item_tokens=False`: tiny-bpe)."""
     vocab = TINY_BPE_VOCAB if item_tokens else TINY_BPE_ONLY_VOCAB
     digest = hashlib.sha256()
-    parts = (json.dumps(tiny_config(), sort_keys=True), str(vocab), *([] if item_tokens else ["bpe-only"]),
+    parts = (json.dumps(tiny_config(), sort_keys=True), str(vocab), *([] if item_tokens else ["bpe-only", "spaces"]),
              *sorted(set(item_names)), *texts)
     for part in parts:
         digest.update(part.encode("utf-8"))
