@@ -6,7 +6,8 @@
 
 Measured times of the cpu profile with --jobs 2 on 2 cores: SmolLM2 on LastFM 29.5 min as one run; the tiny
 plan on LastFM about 3.5 hours (its cells' own times: 424 min of one core); on MovieLens its Table 1 with one
-preference seed per SFT model (`--cells`, 20 of 54 cells) 99.2 min as one run; tiny-bpe not timed.
+preference seed per SFT model (`--cells`, 20 of 54 cells) 99.2 min as one run; tiny-bpe's 22 cells take 135 min
+of one core (its preference and evaluation cells 43.4 min as one call).
 
 A profile is a list of model plans (`PROFILES` below). Each plan expands into *cells*: one stage run
 (SFT, DPO, S-DPO with N negatives and beta, one seed) or one evaluation, each a plain command of the
@@ -1121,7 +1122,8 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
 
     Args:
         profile: `cpu` (a 2-core CPU; with --jobs 2 SmolLM2 took 29.5 min on LastFM, the tiny plan about 3.5
-            hours; MovieLens's Table 1 with one preference seed per SFT model 99.2 min; tiny-bpe not timed), `paper`
+            hours; MovieLens's Table 1 with one preference seed per SFT model 99.2 min; tiny-bpe's cells 135 min
+            of one core), `paper`
             (Llama-2-7B on NPROC GPUs, default all visible; the paper used 4) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).

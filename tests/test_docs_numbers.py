@@ -27,6 +27,7 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
+    ("## tiny-bpe's whole plan", "\n## ", "lastfm/tiny-bpe"),
     # tiny-bpe's first cells (the BPE of 85d4d88), committed in results/lastfm/tiny-bpe/ until dc279d1; read from git.
     ("## tiny-bpe after the tiny recipe's SFT", "\n## ", "lastfm/tiny-bpe@dc279d1"),
     ("## MovieLens 100K on per-sample candidates", "\n## ", "movielens/tiny"),
@@ -44,6 +45,7 @@ PARTS = (
 
 # Numbers these parts quote from elsewhere, each with its source.
 ELSEWHERE = {
+    "lastfm/tiny-bpe": set(),
     "lastfm/tiny-bpe@dc279d1": set(),
     "movielens/tiny": set(),
     # The previous committed tiny run (150 preference steps, S-DPO N = 3, run at commit 1e61bcb):
