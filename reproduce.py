@@ -32,6 +32,7 @@ version is redrawn with `python -c "import reproduce; reproduce.rewrite_report('
 
 from __future__ import annotations
 
+import calendar
 import csv
 import fcntl
 import fnmatch
@@ -1060,6 +1061,22 @@ def _reproduce_calls(previous: dict, profile: str, call: dict | None) -> list[di
     return [call] if call["cells_run"] == call["cells"] else [*calls, call]
 
 
+def _calls_that_made_current_cells(calls: list[dict], records: list[dict], call: dict | None) -> list[dict]:
+    """The calls (besides this one) during which some current cell finished: an earlier call whose cells have all
+    been run again since (e.g. after a profile's flags changed) no longer describes the results. Kept as they are
+    where no cell record is at hand (a report from elsewhere)."""
+    finished = [time.mktime(time.strptime(record["finished_at"], "%Y-%m-%d %H:%M:%S"))  # local time, as written
+                for record in records if record.get("finished_at")]
+    if not finished:
+        return calls
+
+    def made_a_current_cell(earlier: dict) -> bool:
+        start = calendar.timegm(time.strptime(earlier["started_at"], "%Y-%m-%d %H:%M:%S UTC"))
+        return any(start - 1 <= moment <= start + earlier["seconds"] + 2 for moment in finished)
+
+    return [earlier for earlier in calls if earlier is call or made_a_current_cell(earlier)]
+
+
 def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results_dir: Path, profile: str,
            call: dict | None = None) -> Path:
     """Write table.md, table.csv, results.json, the per-prompt ranks and the figures of one model plan; returns
@@ -1068,7 +1085,8 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     dataset = collected["dataset"]
     folder = results_dir / dataset / plan.tag
     folder.mkdir(parents=True, exist_ok=True)
-    calls = _reproduce_calls(_read(folder / "results.json"), profile, call)
+    calls = _calls_that_made_current_cells(_reproduce_calls(_read(folder / "results.json"), profile, call),
+                                           [current_record(cell, root) for cell in cells], call)
     write_per_prompt(collected, folder / PER_PROMPT_FILE)
     state = git_state()
     payload = {"profile": profile, "plan": asdict(plan),

@@ -136,6 +136,20 @@ def test_report_only_keeps_the_run_wall_time_and_says_so(smoke_run, synthetic_di
     assert after["report_only"] is True and "rewritten later with `--report_only`" in (folder / "table.md").read_text()
 
 
+def test_a_report_drops_an_earlier_call_whose_cells_were_all_run_again(smoke_run, synthetic_dir):
+    """A call listed in results.json during which no current cell finished (its cells were replaced since) is
+    dropped from the run's calls and wall time; the calls that made the current cells stay."""
+    root, _, _, _ = smoke_run
+    folder = root / "results" / synthetic_dir.name / "tiny"
+    before = json.loads((folder / "results.json").read_text())
+    stale = dict(before["reproduce_calls"][0], started_at="2020-01-01 00:00:00 UTC", seconds=60.0, cells_run=3)
+    (folder / "results.json").write_text(json.dumps({**before, "reproduce_calls": [stale, *before["reproduce_calls"]]}))
+    reproduce.reproduce(profile="smoke", dataset=str(synthetic_dir), output_root=str(root / "outputs"),
+                        results_dir=str(root / "results"), report_only=True)
+    after = json.loads((folder / "results.json").read_text())
+    assert after["reproduce_calls"] == before["reproduce_calls"] and after["run_seconds"] == before["run_seconds"]
+
+
 def test_git_dirty_counts_tracked_files_only(tmp_path):
     assert reproduce.git_dirty(tmp_path) is None  # not a checkout
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
