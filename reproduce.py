@@ -124,8 +124,9 @@ PROFILES: dict[str, list[ModelPlan]] = {
             eval=dict(max_samples=500, batch_size=16),
         ),
         # When does S-DPO help: the same LLaMA with item names as multi-token BPE text (no SASRec rows to copy,
-        # so random tied embeddings; its one SFT epoch does not yet make a recommender), scored by generation (the paper's metric, also
-        # constrained to the candidates) and ranking; DPO and S-DPO N = 3 and 15 at 3 seeds each.
+        # so random tied embeddings; its one SFT epoch does not yet make a recommender), scored by generation
+        # (the paper's metric, also constrained to the candidates) and ranking; DPO and S-DPO N = 3 and 15 at 3
+        # seeds each.
         ModelPlan(
             model_name="tiny-bpe", tag="tiny-bpe",
             sft=dict(full_finetune=True, batch_size=32, num_train_epochs=1, max_steps=-1, learning_rate=1e-3,

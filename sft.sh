@@ -21,7 +21,7 @@ MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-16}           # 0 (the whole val split, as 
 FULL_FINETUNE=${FULL_FINETUNE:-False}              # False (LoRA); True trains every weight (tiny: from scratch)
 TIE_WORD_EMBEDDINGS=${TIE_WORD_EMBEDDINGS:-False}  # False; True (needs FULL_FINETUNE) shares input and output embeddings
 ITEM_EMBEDDINGS=${ITEM_EMBEDDINGS:-random}         # random | sasrec (needs FULL_FINETUNE; item tokens from a SASRec, item_init.py)
-TRAIN_ON_INPUTS=${TRAIN_ON_INPUTS:-False}           # False (loss on the completion only); True adds the prompt's tokens (tiny-bpe: no pretraining)
+TRAIN_ON_INPUTS=${TRAIN_ON_INPUTS:-False}          # False (loss on the completion only); True: the prompt's tokens too
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)
 SEED=${SEED:-0}
@@ -37,6 +37,7 @@ source "$(dirname "$0")/common.sh"
     --learning_rate "$LEARNING_RATE" --num_train_epochs "$NUM_TRAIN_EPOCHS" --max_steps "$MAX_STEPS" \
     --cutoff_len "$CUTOFF_LEN" --eval_step "$EVAL_STEP" ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
     --max_eval_samples "$MAX_EVAL_SAMPLES" --full_finetune "$FULL_FINETUNE" \
-    --tie_word_embeddings "$TIE_WORD_EMBEDDINGS" --item_embeddings "$ITEM_EMBEDDINGS" --train_on_inputs "$TRAIN_ON_INPUTS" \
+    --tie_word_embeddings "$TIE_WORD_EMBEDDINGS" --item_embeddings "$ITEM_EMBEDDINGS" \
+    --train_on_inputs "$TRAIN_ON_INPUTS" \
     --load_in_4bit "$LOAD_IN_4BIT" --bnb_4bit_use_double_quant "$BNB_4BIT_USE_DOUBLE_QUANT" \
     --seed "$SEED" --wandb_project "$WANDB_PROJECT" --wandb_name "$WANDB_NAME" "$@"

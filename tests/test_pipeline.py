@@ -113,14 +113,14 @@ def test_train_on_inputs_teaches_the_prompt_text_too(synthetic_dir, tmp_path):
     data = runtime.load_stage_data(("train",), str(synthetic_dir))
     prompt_nll = {}
     for train_on_inputs in (False, True):
-        final = sft.train(model_name="tiny", dataset=str(synthetic_dir), output_dir=str(tmp_path / str(train_on_inputs)),
-                          batch_size=8, max_steps=6, eval_step=6, learning_rate=3e-3, max_eval_samples=8,
-                          full_finetune=True, train_on_inputs=train_on_inputs)
-        run = json.loads((tmp_path / str(train_on_inputs) / "run_info.json").read_text())
+        out = tmp_path / str(train_on_inputs)
+        final = sft.train(model_name="tiny", dataset=str(synthetic_dir), output_dir=str(out), batch_size=8,
+                          max_steps=6, eval_step=6, learning_rate=3e-3, max_eval_samples=8, full_finetune=True,
+                          train_on_inputs=train_on_inputs)
+        run = json.loads((out / "run_info.json").read_text())
         assert run["flags"]["train_on_inputs"] is train_on_inputs
         model, tokenizer = inference.load_for_generation("tiny", final, data, seed=0)
-        ids = torch.tensor([di.encode_prompt(tokenizer, di.build_prompt(record, data.templates))
-                            for record in data.train[:4]][:1])
+        ids = torch.tensor([di.encode_prompt(tokenizer, di.build_prompt(data.train[0], data.templates))])
         with torch.no_grad():
             prompt_nll[train_on_inputs] = model(input_ids=ids, labels=ids).loss.item()
     assert prompt_nll[True] < prompt_nll[False] - 0.5

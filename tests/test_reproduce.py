@@ -365,7 +365,7 @@ def test_an_edited_cell_runs_again_and_so_do_the_cells_made_from_it(tmp_path):
 
 def test_cells_made_from_other_data_run_again(synthetic_dir, tmp_path):
     """A data folder prepared again with other contents makes its finished cells stale (their records keep the
-    digest of the files they ran on); the same files, or a record without a digest, stand."""
+    digest of the files they ran on), so they run again; a folder without its files has no digest."""
     data = tmp_path / "data"
     shutil.copytree(synthetic_dir, data)
     before = reproduce.dataset_fingerprint(str(data))
