@@ -8,7 +8,8 @@ to the LM's hidden size by a seeded random orthogonal map (dot products between 
 rescaled so that the copied rows have the LM's own initialisation scale (`initializer_range`): what comes
 from SASRec is the geometry of the items, not a scale. The row of each item token in the LM's input
 embedding and in its output layer (the same tensor when tied) is set to it. Items that never occur in a
-training record keep the LM's random rows. Used by `sft.py --item_embeddings sasrec`; the SFT loss, prompts and
+training record keep the LM's random rows. Where names are ordinary multi-token text (tiny-bpe), each piece of
+a name gets the mean vector of the names it occurs in (`name_token_rows`). Used by `sft.py --item_embeddings sasrec`; the SFT loss, prompts and
 candidates are unchanged.
 
     python sft.py --model_name tiny --dataset lastfm --full_finetune True --item_embeddings sasrec ...
@@ -65,37 +66,66 @@ def orthogonal_map(source_dim: int, target_dim: int, seed: int = 0) -> torch.Ten
     return torch.linalg.qr(gaussian).Q.T.contiguous()
 
 
-def copy_item_vectors(model, tokenizer, vectors: dict[str, torch.Tensor], scale: float, seed: int = 0) -> int:
-    """Set the input-embedding and output-layer rows of each item token named in `vectors` to that vector
-    (mapped by `orthogonal_map` when it is shorter than the hidden size), all rescaled by one factor so
-    that their standard deviation is `scale`; returns the number of rows set.
-
-    An item token is the single token the tokenizer makes of the name (the tiny tokenizer adds every item
-    name as one token); a name that is not one token is an error.
-    """
+def item_token_rows(tokenizer, vectors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """{token id: vector} for a tokenizer with one token per item name (tiny); a name that is not one token
+    is an error."""
     names = sorted(vectors)
     ids = [tokenizer.convert_tokens_to_ids(name) for name in names]
     missing = [name for name, token_id in zip(names, ids) if token_id is None or token_id == tokenizer.unk_token_id]
     if missing:
         raise ValueError(f"{len(missing)} item names are not single tokens of the tokenizer (e.g. {missing[0]!r})")
-    rows = torch.stack([vectors[name] for name in names])
+    return {token_id: vectors[name] for name, token_id in zip(names, ids)}
+
+
+def name_token_rows(tokenizer, vectors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """{token id: the mean vector of the item names whose tokens include it} for a tokenizer that writes names
+    as several ordinary tokens (tiny-bpe): a piece found in one name only gets that item's vector, a piece
+    shared by many names (a space, "The") their mean."""
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    for name in sorted(vectors):
+        for token_id in set(tokenizer.encode(name, add_special_tokens=False)):
+            sums[token_id] = sums.get(token_id, 0) + vectors[name]
+            counts[token_id] = counts.get(token_id, 0) + 1
+    return {token_id: sums[token_id] / counts[token_id] for token_id in sorted(sums)}
+
+
+def copy_rows(model, rows: dict[int, torch.Tensor], scale: float, seed: int = 0) -> int:
+    """Set the input-embedding and output-layer rows of each token id in `rows` to its vector (mapped by
+    `orthogonal_map` when it is shorter than the hidden size), all rescaled by one factor so that their
+    standard deviation is `scale`; returns the number of rows set."""
+    ids = sorted(rows)
+    vectors = torch.stack([rows[token_id] for token_id in ids])
     hidden = model.get_input_embeddings().weight.shape[1]
-    if rows.shape[1] != hidden:
-        rows = rows @ orthogonal_map(rows.shape[1], hidden, seed)
-    rows = rows * (scale / rows.std())
+    if vectors.shape[1] != hidden:
+        vectors = vectors @ orthogonal_map(vectors.shape[1], hidden, seed)
+    vectors = vectors * (scale / vectors.std())
     index = torch.tensor(ids)
     with torch.no_grad():
-        model.get_input_embeddings().weight[index] = rows
+        model.get_input_embeddings().weight[index] = vectors
         output = model.get_output_embeddings()
         if output is not None and output.weight is not model.get_input_embeddings().weight:
-            output.weight[index] = rows
+            output.weight[index] = vectors
     return len(ids)
 
 
+def copy_item_vectors(model, tokenizer, vectors: dict[str, torch.Tensor], scale: float, seed: int = 0) -> int:
+    """`copy_rows` of each item token's vector (the tiny tokenizer adds every item name as one token)."""
+    return copy_rows(model, item_token_rows(tokenizer, vectors), scale, seed)
+
+
+def has_item_tokens(tokenizer, names: Sequence[str]) -> bool:
+    """Whether every name is one token of the tokenizer (tiny) rather than several ordinary ones (tiny-bpe)."""
+    return all(tokenizer.convert_tokens_to_ids(name) not in (None, tokenizer.unk_token_id) for name in names)
+
+
 def init_item_embeddings(model, tokenizer, train: Sequence[di.Record], seed: int = 0) -> int:
-    """`copy_item_vectors` of a SASRec trained on `train`; returns the number of rows set."""
+    """The rows of a SASRec trained on `train` (`item_token_rows` where names are single tokens, else
+    `name_token_rows`), copied by `copy_rows`; returns the number of rows set."""
     vectors = sasrec_item_vectors(train, seed=seed)
-    count = copy_item_vectors(model, tokenizer, vectors, model.config.initializer_range, seed)
-    logger.info("item embeddings: %d item-token rows set from a SASRec trained on %d training records",
-                count, len(train))
+    single = has_item_tokens(tokenizer, sorted(vectors))
+    rows = item_token_rows(tokenizer, vectors) if single else name_token_rows(tokenizer, vectors)
+    count = copy_rows(model, rows, model.config.initializer_range, seed)
+    logger.info("item embeddings: %d %s rows set from a SASRec trained on %d training records",
+                count, "item-token" if single else "name-piece", len(train))
     return count

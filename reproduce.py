@@ -47,7 +47,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import data_interface as di
@@ -96,6 +96,27 @@ class ModelPlan:
     baseline_flags: dict = field(default_factory=dict)  # extra flags of `python -m baselines` (e.g. epochs)
 
 
+# When does S-DPO help: the same LLaMA with item names as multi-token BPE text (random tied embeddings),
+# scored by generation (the paper's metric, also constrained to the candidates) and ranking; DPO and S-DPO
+# N = 3 and 15 at 3 seeds each.
+TINY_BPE = ModelPlan(
+    model_name="tiny-bpe", tag="tiny-bpe",
+    # 4 epochs in bf16 (1.75 times fp32's speed on one core with AMX-BF16, the same loss over 12 steps):
+    # one epoch made an item prior, not a recommender (docs/measurements.md).
+    sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=1e-3,
+             eval_step=0.125, max_eval_samples=512, tie_word_embeddings=True, bf16=True),
+    # 150 steps, not tiny's 600: a step costs about 4 times tiny's (prompts of ~250 tokens, names of ~6),
+    # and 9 runs of 600 did not fit one session on 2 cores (docs/measurements.md).
+    preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=5e-4, eval_step=150,
+                    max_eval_samples=256),
+    preference_seeds=(0, 1, 2), main_negatives=15, negatives=(1, 3, 15), negatives_seeds=(0, 1, 2),
+    betas=(1.0,), eval=dict(max_samples=3000, batch_size=32, constrained_decoding=True),
+)
+# The same plan with each piece of a name starting from the mean SASRec vector of the names it occurs in
+# (item_init.name_token_rows): the tiny recipe's SASRec start, for names of several tokens.
+TINY_BPE_SASREC = replace(TINY_BPE, tag="tiny-bpe-sasrec", sft={**TINY_BPE.sft, "item_embeddings": "sasrec"})
+
+
 PROFILES: dict[str, list[ModelPlan]] = {
     # For 2 CPU cores: the tiny LLaMA (one token per item, trained in full from scratch) carries the ranking
     # columns, the sweeps and the seeds; SmolLM2-135M (pretrained) and tiny-bpe (multi-token item names, also
@@ -123,23 +144,8 @@ PROFILES: dict[str, list[ModelPlan]] = {
             preference_seeds=(0, 1, 2), negatives=(1, 3), betas=(1.0,),  # 3 seeds: the spread of its rows
             eval=dict(max_samples=500, batch_size=16),
         ),
-        # When does S-DPO help: the same LLaMA with item names as multi-token BPE text (no SASRec rows to copy,
-        # so random tied embeddings; its one SFT epoch does not yet make a recommender), scored by generation
-        # (the paper's metric, also constrained to the candidates) and ranking; DPO and S-DPO N = 3 and 15 at 3
-        # seeds each.
-        ModelPlan(
-            model_name="tiny-bpe", tag="tiny-bpe",
-            # 4 epochs in bf16 (1.75 times fp32's speed on one core with AMX-BF16, the same loss over 12 steps):
-            # one epoch made an item prior, not a recommender (docs/measurements.md).
-            sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=1e-3,
-                     eval_step=0.125, max_eval_samples=512, tie_word_embeddings=True, bf16=True),
-            # 150 steps, not tiny's 600: a step costs about 4 times tiny's (prompts of ~250 tokens, names of ~6),
-            # and 9 runs of 600 did not fit one session on 2 cores (docs/measurements.md).
-            preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=5e-4, eval_step=150,
-                            max_eval_samples=256),
-            preference_seeds=(0, 1, 2), main_negatives=15, negatives=(1, 3, 15), negatives_seeds=(0, 1, 2),
-            betas=(1.0,), eval=dict(max_samples=3000, batch_size=32, constrained_decoding=True),
-        ),
+        TINY_BPE,
+        TINY_BPE_SASREC,
     ],
     # The paper's setting (Llama-2-7B, 4-bit NF4 + LoRA, effective batch 128 = 4 per GPU x accumulation x NPROC
     # GPUs; the paper used 4): not run here; `--dry_run` prints its commands.

@@ -9,7 +9,8 @@ eval loss, and saves the final adapter (with `--full_finetune`: the whole model,
 trained from scratch) and tokenizer in `output_dir/final_checkpoint`. `--resume_from_checkpoint` (a checkpoint
 folder, or True for the latest in output_dir) continues a killed run. With `--full_finetune`,
 `--tie_word_embeddings True` shares the input and output embeddings and `--item_embeddings sasrec` starts
-each item token's embedding from a SASRec trained on the training split (`item_init.py`).
+each item token's embedding from a SASRec trained on the training split (`item_init.py`; for tiny-bpe, each
+piece of a name from the mean vector of the names it occurs in).
 `--train_on_inputs True` adds a language-modelling loss on the prompt's tokens to the completion's (off by default,
 as in the paper): for a model trained from scratch (tiny-bpe) it stands in for the pretraining that taught a real
 LLM the item names. Its eval loss, which picks the best checkpoint, then covers the prompt too.

@@ -98,3 +98,41 @@ def test_sft_starts_from_vectors_of_the_training_split_and_saves_a_tied_model(sy
     model = models.load_base_model(final, load_in_4bit=False)
     assert model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_multi_token_names_give_each_piece_the_mean_vector_of_the_names_it_occurs_in(synthetic_data):
+    base = runtime.base_model_path("tiny-bpe", None, synthetic_data, seed=0)
+    tokenizer = models.load_tokenizer(base)
+    names = sorted({name for r in synthetic_data.train for name in (*r.history, *r.candidates)})
+    assert not item_init.has_item_tokens(tokenizer, names)
+    vectors = {name: torch.randn(8, generator=torch.Generator().manual_seed(i)) for i, name in enumerate(names)}
+    pieces = {name: set(tokenizer.encode(name, add_special_tokens=False)) for name in names}
+    assert any(len(p) > 1 for p in pieces.values())
+
+    rows = item_init.name_token_rows(tokenizer, vectors)
+
+    assert set(rows) == set().union(*pieces.values())
+    for token_id, row in rows.items():
+        holders = [name for name in names if token_id in pieces[name]]
+        torch.testing.assert_close(row, torch.stack([vectors[name] for name in holders]).mean(0))
+
+
+def test_sasrec_init_of_a_multi_token_model_sets_the_rows_of_name_pieces_only(synthetic_data, monkeypatch):
+    base = runtime.base_model_path("tiny-bpe", None, synthetic_data, seed=0)
+    tokenizer = models.load_tokenizer(base)
+    model = models.load_base_model(base, load_in_4bit=False)
+    models.tie_word_embeddings(model)
+    before = model.get_input_embeddings().weight.detach().clone()
+    monkeypatch.setattr(item_init, "sasrec_item_vectors",
+                        lambda train, seed=0: {name: torch.randn(8) for r in train for name in (*r.history, r.target)})
+
+    count = item_init.init_item_embeddings(model, tokenizer, synthetic_data.train[:30], seed=0)
+
+    names = {name for r in synthetic_data.train[:30] for name in (*r.history, r.target)}
+    pieces = set().union(*(tokenizer.encode(name, add_special_tokens=False) for name in names))
+    changed = (model.get_input_embeddings().weight != before).any(dim=1).nonzero().flatten().tolist()
+    assert count == len(pieces) and set(changed) == pieces
+    quote = tokenizer.convert_tokens_to_ids('"')
+    assert quote not in pieces and tokenizer.eos_token_id not in pieces
+    assert model.get_input_embeddings().weight[changed].std().item() == pytest.approx(model.config.initializer_range,
+                                                                                     rel=1e-3)
