@@ -101,8 +101,9 @@ class ModelPlan:
 # N = 3 and 15 at 3 seeds each.
 TINY_BPE = ModelPlan(
     model_name="tiny-bpe", tag="tiny-bpe",
-    # 4 epochs in bf16 (1.75 times fp32's speed on one core with AMX-BF16, the same loss over 12 steps):
-    # one epoch made an item prior, not a recommender (docs/measurements.md).
+    # 4 epochs: one made an item prior, not a recommender (docs/measurements.md). bf16 autocast pinned, not
+    # left to the CPU's flags (`--bf16` None), so every machine trains with the same numerics (1.75 times fp32's
+    # speed on one core with AMX-BF16, the same loss over 12 steps; emulated, slower, on a CPU without bf16).
     sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=1e-3,
              eval_step=0.125, max_eval_samples=512, tie_word_embeddings=True, bf16=True),
     # 150 steps, not tiny's 600: a step costs about 4 times tiny's (prompts of ~250 tokens, names of ~6),
