@@ -96,16 +96,13 @@ class ModelPlan:
     baseline_flags: dict = field(default_factory=dict)  # extra flags of `python -m baselines` (e.g. epochs)
 
 
-# When does S-DPO help: the same LLaMA with item names as multi-token BPE text (random tied embeddings),
-# scored by generation (the paper's metric, also constrained to the candidates) and ranking; DPO and S-DPO
-# N = 3 and 15 at 3 seeds each.
+# When does S-DPO help: the same LLaMA with item names as multi-token BPE text (random tied embeddings; its one
+# SFT epoch makes an item prior, not a recommender: docs/measurements.md), scored by generation (the paper's
+# metric, also constrained to the candidates) and ranking; DPO and S-DPO N = 3 and 15 at 3 seeds each.
 TINY_BPE = ModelPlan(
     model_name="tiny-bpe", tag="tiny-bpe",
-    # 4 epochs: one made an item prior, not a recommender (docs/measurements.md). bf16 autocast pinned, not
-    # left to the CPU's flags (`--bf16` None), so every machine trains with the same numerics (1.75 times fp32's
-    # speed on one core with AMX-BF16, the same loss over 12 steps; emulated, slower, on a CPU without bf16).
-    sft=dict(full_finetune=True, batch_size=32, num_train_epochs=4, max_steps=-1, learning_rate=1e-3,
-             eval_step=0.125, max_eval_samples=512, tie_word_embeddings=True, bf16=True),
+    sft=dict(full_finetune=True, batch_size=32, num_train_epochs=1, max_steps=-1, learning_rate=1e-3,
+             eval_step=0.25, max_eval_samples=512, tie_word_embeddings=True),
     # 150 steps, not tiny's 600: a step costs about 4 times tiny's (prompts of ~250 tokens, names of ~6),
     # and 9 runs of 600 did not fit one session on 2 cores (docs/measurements.md).
     preference=dict(full_finetune=True, batch_size=16, max_steps=150, learning_rate=5e-4, eval_step=150,
@@ -113,9 +110,14 @@ TINY_BPE = ModelPlan(
     preference_seeds=(0, 1, 2), main_negatives=15, negatives=(1, 3, 15), negatives_seeds=(0, 1, 2),
     betas=(1.0,), eval=dict(max_samples=3000, batch_size=32, constrained_decoding=True),
 )
-# The same plan with each piece of a name starting from the mean SASRec vector of the names it occurs in
-# (item_init.name_token_rows): the tiny recipe's SASRec start, for names of several tokens.
-TINY_BPE_SASREC = replace(TINY_BPE, tag="tiny-bpe-sasrec", sft={**TINY_BPE.sft, "item_embeddings": "sasrec"})
+# The same plan from a longer SFT whose name pieces start from SASRec: each piece of a name gets the mean
+# SASRec vector of the names it occurs in (item_init.name_token_rows, the tiny recipe's start for names of
+# several tokens), 4 epochs. bf16 autocast is pinned rather than left to the CPU's flags (`--bf16` None), so
+# every machine trains with the same numerics (1.75 times fp32's speed on one core with AMX-BF16, the same loss
+# over 12 steps; emulated and slower on a CPU without bf16).
+TINY_BPE_SASREC = replace(TINY_BPE, tag="tiny-bpe-sasrec",
+                          sft={**TINY_BPE.sft, "num_train_epochs": 4, "eval_step": 0.125, "bf16": True,
+                               "item_embeddings": "sasrec"})
 
 
 PROFILES: dict[str, list[ModelPlan]] = {
