@@ -33,7 +33,9 @@ PARTS = (
     ("## MovieLens 100K on per-sample candidates", "\n## ", "movielens/tiny"),
     ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm-original/tiny"),
     ("## The rerun of the SFT cells", "\n## ", "lastfm-original/tiny/rerun"),
-    ("## LastFM with per-sample candidates", "\n## ", "lastfm-per-sample/tiny"),
+    ("## LastFM per-sample, Table 1 with 3 SFT seeds", "\n## ", "lastfm-per-sample/tiny"),
+    # Its first run (SFT seed 0 and one preference pair, commit fcedafb), committed until 6bf2cd5; read from git.
+    ("## LastFM with per-sample candidates", "\n## ", "lastfm-per-sample/tiny@6bf2cd5"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
     ("## The committed cpu-profile results", "**LastFM, SmolLM2-135M-Instruct**", "lastfm/tiny@ac6c43a"),
     # SmolLM2's run of commit 1bcd49a, committed until 3799f25 (the run of 18b2f3c replaced it, same numbers).
@@ -59,7 +61,9 @@ ELSEWHERE = {
     "lastfm/smollm2-135m@3799f25": set(),
     "lastfm-original/tiny": set(),
     # Runs on the original candidates it is compared with (results/lastfm-original/tiny and its rerun/):
-    "lastfm-per-sample/tiny": {"0.4185", "0.3975", "0.4666", "0.0257", "0.0168"},
+    "lastfm-per-sample/tiny@6bf2cd5": {"0.4185", "0.3975", "0.4666", "0.0257", "0.0168"},
+    # Seed 0's earlier run (lastfm-per-sample/tiny@6bf2cd5) and the original candidates' S-DPO − DPO over 9 runs:
+    "lastfm-per-sample/tiny": {"0.4090", "0.0217"},
     # The committed run's numbers the rerun is compared with (results/lastfm-original/tiny/results.json: per-run metrics,
     # the SFT row, the per-SFT-model S-DPO − DPO), and differences between them:
     "lastfm-original/tiny/rerun": {"0.4185", "0.4052", "0.4038", "0.4092", "0.0081", "0.4035", "0.4292", "0.0253", "0.0226",
