@@ -9,8 +9,8 @@ rescaled so that the copied rows have the LM's own initialisation scale (`initia
 from SASRec is the geometry of the items, not a scale. The row of each item token in the LM's input
 embedding and in its output layer (the same tensor when tied) is set to it. Items that never occur in a
 training record keep the LM's random rows. Where names are ordinary multi-token text (tiny-bpe), each piece of
-a name gets the mean vector of the names it occurs in (`name_token_rows`). Used by `sft.py --item_embeddings sasrec`; the SFT loss, prompts and
-candidates are unchanged.
+a name gets the mean vector of the names it occurs in (`name_token_rows`). Used by `sft.py --item_embeddings
+sasrec`; the SFT loss, prompts and candidates are unchanged.
 
     python sft.py --model_name tiny --dataset lastfm --full_finetune True --item_embeddings sasrec ...
 """
@@ -66,12 +66,18 @@ def orthogonal_map(source_dim: int, target_dim: int, seed: int = 0) -> torch.Ten
     return torch.linalg.qr(gaussian).Q.T.contiguous()
 
 
+def _single_token_ids(tokenizer, names: Sequence[str]) -> list[int | None]:
+    """The token id of each name that is one token of the tokenizer, else None."""
+    ids = [tokenizer.convert_tokens_to_ids(name) for name in names]
+    return [None if token_id == tokenizer.unk_token_id else token_id for token_id in ids]
+
+
 def item_token_rows(tokenizer, vectors: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """{token id: vector} for a tokenizer with one token per item name (tiny); a name that is not one token
     is an error."""
     names = sorted(vectors)
-    ids = [tokenizer.convert_tokens_to_ids(name) for name in names]
-    missing = [name for name, token_id in zip(names, ids) if token_id is None or token_id == tokenizer.unk_token_id]
+    ids = _single_token_ids(tokenizer, names)
+    missing = [name for name, token_id in zip(names, ids) if token_id is None]
     if missing:
         raise ValueError(f"{len(missing)} item names are not single tokens of the tokenizer (e.g. {missing[0]!r})")
     return {token_id: vectors[name] for name, token_id in zip(names, ids)}
@@ -116,7 +122,7 @@ def copy_item_vectors(model, tokenizer, vectors: dict[str, torch.Tensor], scale:
 
 def has_item_tokens(tokenizer, names: Sequence[str]) -> bool:
     """Whether every name is one token of the tokenizer (tiny) rather than several ordinary ones (tiny-bpe)."""
-    return all(tokenizer.convert_tokens_to_ids(name) not in (None, tokenizer.unk_token_id) for name in names)
+    return None not in _single_token_ids(tokenizer, names)
 
 
 def init_item_embeddings(model, tokenizer, train: Sequence[di.Record], seed: int = 0) -> int:
