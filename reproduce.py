@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -411,8 +412,9 @@ def command_to_run(cell: Cell) -> list[str]:
     return cell.command
 
 
-def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
-    """Run one cell's command (its output appended to logs/<cell>.log); returns its record, written atomically."""
+def run_cell(cell: Cell, records: Path, logs: Path, call: str | None = None) -> dict:
+    """Run one cell's command (its output appended to logs/<cell>.log); returns its record, written atomically.
+    `call`: the id of the reproduce call that runs it (kept in the record: which call ran which cell)."""
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{cell.name}.log"
     command = command_to_run(cell)
@@ -434,7 +436,7 @@ def run_cell(cell: Cell, records: Path, logs: Path) -> dict:
     record = {"name": cell.name, "kind": cell.kind, "command": command, "cell_command": cell.command,
               "needs": needs, "data": cell.data, "info": cell.info,
               "wall_seconds": round(time.time() - start, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-              **state}
+              **({"call": call} if call else {}), **state}
     runtime.save_json(records / f"{cell.name}.json", record)
     return record
 
@@ -452,7 +454,8 @@ def _claim(locks: Path, name: str) -> int | None:
     return handle
 
 
-def run_cells(cells: list[Cell], root: Path | None = None, poll_seconds: float = 5.0) -> list[str]:
+def run_cells(cells: list[Cell], root: Path | None = None, poll_seconds: float = 5.0,
+              call: str | None = None) -> list[str]:
     """Run every unfinished cell once the cells it needs have finished; returns the names of the cells that
     failed or were skipped because a cell they need failed.
 
@@ -461,7 +464,7 @@ def run_cells(cells: list[Cell], root: Path | None = None, poll_seconds: float =
     the next matrix's cells. Several harness processes may work on one matrix at once (`--jobs`, or one per
     machine on a shared disk): a process claims a cell with a lock file before running it, skips cells another
     process holds, and waits for those its next cells need. A lock dies with its process, so a killed run's
-    cell is free to be claimed again."""
+    cell is free to be claimed again. `call`: the reproduce call's id, written into each record it makes."""
 
     def home(cell: Cell) -> Path:
         return cell.root or root
@@ -507,7 +510,7 @@ def run_cells(cells: list[Cell], root: Path | None = None, poll_seconds: float =
                     continue
                 logger.info("[%d/%d] %s", numbers[key(cell)], len(cells), label(key(cell)))
                 try:
-                    record = run_cell(cell, folder / "cells", folder / "logs")
+                    record = run_cell(cell, folder / "cells", folder / "logs", call)
                 except RuntimeError as error:
                     logger.error("%s", error)
                     failed.add(key(cell))
@@ -997,9 +1000,16 @@ def provenance_lines(payload: dict) -> list[str]:
         ran = [call["cells_run"] for call in calls]
         total = _cells_total(payload)
         finished = total - len(payload.get("cells_missing", []))
+        summed = sum(call["seconds"] for call in calls)
+        overlapped = summed - payload["run_seconds"] > len(calls)  # more than the start times' rounding
+        counted = ("cells finished during each call: " if overlapped and any("id" not in call for call in calls)
+                   else "cells run: ")
         lines.append(f"Run wall time: {payload['run_seconds'] / 60:.1f} min in {len(calls)} call"
-                     f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']} (cells run: "
+                     f"{'s' if len(calls) > 1 else ''} of reproduce.py from {calls[0]['started_at']} ({counted}"
                      f"{' + '.join(map(str, ran))} of {total})"
+                     + (f"; the calls ran partly at once (their own durations add up to {summed / 60:.1f} min)"
+                        + ("; calls recorded before each cell named its call, so a cell can count in two"
+                           if counted != "cells run: " else "") if overlapped else "")
                      + ("; some cells ran in calls not recorded" if sum(ran) < finished else "")
                      + ("; this report was rewritten later with `--report_only`" if payload.get("report_only") else "")
                      + ".")
@@ -1073,6 +1083,30 @@ def _reproduce_calls(previous: dict, profile: str, call: dict | None) -> list[di
     return [call] if call["cells_run"] == call["cells"] else [*calls, call]
 
 
+def _call_start(call: dict) -> int:
+    return calendar.timegm(time.strptime(call["started_at"], "%Y-%m-%d %H:%M:%S UTC"))
+
+
+def calls_wall_seconds(calls: list[dict]) -> float:
+    """The time during which at least one of the calls ran (calls started side by side on one matrix overlap:
+    their durations' sum would count the shared minutes twice). Start times are whole seconds, so an overlap of
+    a second or less is read as one call starting after the other."""
+    total, end = 0.0, -math.inf
+    for start, stop in sorted((_call_start(call), _call_start(call) + call["seconds"]) for call in calls):
+        total += stop - start if start >= end - 1 else max(0.0, stop - end)
+        end = max(end, stop)
+    return round(total, 1)
+
+
+def _count_cells_per_call(calls: list[dict], records: list[dict]) -> list[dict]:
+    """Each call's `cells_run` counted again from the current cell records that name it (records name the call
+    that ran them since calls carry an id); calls without an id, or a report without records, keep theirs."""
+    if not any(record.get("call") for record in records):
+        return calls
+    counts = Counter(record.get("call") for record in records)
+    return [dict(call, cells_run=counts.get(call["id"], 0)) if "id" in call else call for call in calls]
+
+
 def _calls_that_made_current_cells(calls: list[dict], records: list[dict], call: dict | None) -> list[dict]:
     """The calls (besides this one) during which some current cell finished: an earlier call whose cells have all
     been run again since (e.g. after a profile's flags changed) no longer describes the results. Kept as they are
@@ -1083,7 +1117,7 @@ def _calls_that_made_current_cells(calls: list[dict], records: list[dict], call:
         return calls
 
     def made_a_current_cell(earlier: dict) -> bool:
-        start = calendar.timegm(time.strptime(earlier["started_at"], "%Y-%m-%d %H:%M:%S UTC"))
+        start = _call_start(earlier)
         return any(start - 1 <= moment <= start + earlier["seconds"] + 2 for moment in finished)
 
     return [earlier for earlier in calls if earlier is call or made_a_current_cell(earlier)]
@@ -1097,8 +1131,10 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     dataset = collected["dataset"]
     folder = results_dir / dataset / plan.tag
     folder.mkdir(parents=True, exist_ok=True)
-    calls = _calls_that_made_current_cells(_reproduce_calls(_read(folder / "results.json"), profile, call),
-                                           [current_record(cell, root) for cell in cells], call)
+    records = [current_record(cell, root) for cell in cells]
+    calls = _count_cells_per_call(
+        _calls_that_made_current_cells(_reproduce_calls(_read(folder / "results.json"), profile, call), records, call),
+        records)
     write_per_prompt(collected, folder / PER_PROMPT_FILE)
     state = git_state()
     payload = {"profile": profile, "plan": asdict(plan),
@@ -1109,7 +1145,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
                "wall_seconds_of_cells": round(sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0)
                                                   for run in collected["runs"].values()), 1),
                "per_prompt_file": PER_PROMPT_FILE,
-               **({"run_seconds": round(sum(c["seconds"] for c in calls), 1), "run_started_at": calls[0]["started_at"],
+               **({"run_seconds": calls_wall_seconds(calls), "run_started_at": calls[0]["started_at"],
                    "reproduce_calls": calls} if calls else {}),
                "report_only": call is None, "report_command": [Path(sys.argv[0]).name, *sys.argv[1:]],
                "report_commit": state["git_commit"], "report_git_dirty": state["git_dirty"]}
@@ -1147,7 +1183,7 @@ def select_cells(matrix: list[Cell], patterns: str | tuple | list) -> list[Cell]
 def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = "outputs/reproduce",
               results_dir: str = "results", models: str | None = None, dry_run: bool = False,
               report_only: bool = False, jobs: int = 1, cells: str | None = None,
-              report_tables: bool = True) -> None:
+              report_tables: bool = True, call_id: str | None = None) -> None:
     """Run (or print, or only report) a profile's matrix.
 
     Args:
@@ -1167,6 +1203,9 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
             `'sft-s*,eval-sft-s*'` to rerun only the SFT models and their evaluations under another
             --output_root. A selected cell's inputs must be selected too or already finished.
         report_tables: write the tables and figures at the end (the workers of `--jobs` leave it to the parent).
+        call_id: the id written into the records of the cells this call runs (default: its start time and
+            process id; the workers of `--jobs` get their parent's), so that calls running at once on one
+            matrix each count only their own cells.
     """
     if profile not in PROFILES:
         raise runtime.UsageError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
@@ -1181,19 +1220,19 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     dataset_name = Path(dataset).name if Path(dataset).is_dir() else dataset
     start = time.time()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
+    call_id = call_id or f"{started_at} pid {os.getpid()}"
     matrices = [(plan, plan_cells(plan, dataset, Path(output_root) / profile / dataset_name / plan.tag))
                 for plan in plans]
     if cells and not isinstance(cells, str):  # fire reads `a,b` as a tuple
         cells = ",".join(cells)
     selected = [(plan, select_cells(matrix, cells)) for plan, matrix in matrices] if cells else matrices
     runs_cells = not dry_run and not report_only
-    finished_before = {plan.tag: {cell.name for cell in matrix if current_record(cell, matrix[0].root)}
-                       for plan, matrix in matrices} if runs_cells else {}
     failed: list[str] = []
     if jobs != 1 and runs_cells:
         runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any worker starts
         argv = ["--profile", profile, "--dataset", dataset, "--output_root", output_root, "--results_dir",
-                results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False"]
+                results_dir, "--models", ",".join(plan.tag for plan in plans), "--report_tables=False",
+                "--call_id", call_id]
         if cells:
             argv += ["--cells", cells]
         if run_in_workers(argv, jobs):
@@ -1207,15 +1246,15 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
         runtime.load_stage_data(("train", "val", "test"), dataset)  # fail on bad data before any cell runs
         # Every model's cells in one queue, in plan order: a free worker moves on to the next model's cells
         # while the cells left in the first wait for its SFT.
-        failed += run_cells([cell for _, chosen in selected for cell in chosen])
+        failed += run_cells([cell for _, chosen in selected for cell in chosen], call=call_id)
     if report_tables and not dry_run:
         seconds = round(time.time() - start, 1)  # the whole call up to its report, every model of it
         for plan, matrix in matrices:
             call = None
-            if runs_cells:  # this call's share of the matrix: the cells finished now that were not before
-                ran = {cell.name for cell in matrix if current_record(cell, matrix[0].root)} - finished_before[plan.tag]
-                call = {"started_at": started_at, "seconds": seconds, "cells_run": len(ran), "cells": len(matrix),
-                        "models": [p.tag for p, _ in matrices], "jobs": jobs, **git_state()}
+            if runs_cells:  # this call's share of the matrix: the current cells whose records name this call
+                ran = [cell for cell in matrix if current_record(cell, matrix[0].root).get("call") == call_id]
+                call = {"id": call_id, "started_at": started_at, "seconds": seconds, "cells_run": len(ran),
+                        "cells": len(matrix), "models": [p.tag for p, _ in matrices], "jobs": jobs, **git_state()}
                 if cells:
                     call["cells_selected"] = cells
             report(plan, matrix, matrix[0].root, dataset, Path(results_dir), profile, call)

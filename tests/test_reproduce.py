@@ -117,12 +117,13 @@ def test_a_rerun_skips_finished_cells_and_reruns_a_removed_one(smoke_run, synthe
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {"eval-dpo-n1-b1-s0.json"}
     assert "[6/10] eval-dpo-n1-b1-s0" in result.stderr and "[1/10]" not in result.stderr
-    # The run's wall time is now that of both calls: the first ran every cell, the second one cell.
+    # The run's wall time is now that of both calls: the first made 9 of the current cells, the second one.
     folder = root / "results" / synthetic_dir.name / "tiny"
     results = json.loads((folder / "results.json").read_text())
-    assert [call["cells_run"] for call in results["reproduce_calls"]] == [10, 1]
-    assert results["run_seconds"] == pytest.approx(sum(call["seconds"] for call in results["reproduce_calls"]))
-    assert "(cells run: 10 + 1 of 10)." in (folder / "table.md").read_text()
+    assert [call["cells_run"] for call in results["reproduce_calls"]] == [9, 1]
+    assert json.loads((records / "eval-dpo-n1-b1-s0.json").read_text())["call"] == results["reproduce_calls"][1]["id"]
+    assert results["run_seconds"] == pytest.approx(sum(call["seconds"] for call in results["reproduce_calls"]), abs=1)
+    assert "(cells run: 9 + 1 of 10)." in (folder / "table.md").read_text()
 
 
 def test_report_only_keeps_the_run_wall_time_and_says_so(smoke_run, synthetic_dir):
@@ -277,7 +278,9 @@ def test_two_harness_processes_share_a_matrix_each_cell_once_and_in_dependency_o
     needs = {"a": (), "b": (), "c": ("a", "b"), "d": ("c",), "e": (), "f": ("d",)}
     harness = ("import sys; import tests.test_reproduce as t, reproduce; "
                f"from pathlib import Path; root = Path({str(tmp_path)!r}); "
-               f"sys.exit(len(reproduce.run_cells(t._timed_cells(root, {needs!r}), root, poll_seconds=0.1)))")
+               f"sys.exit(len(reproduce.run_cells(t._timed_cells(root, {needs!r}), root, poll_seconds=0.1, "
+               "call=f'call {os.getpid()}')))")
+    harness = "import os; " + harness
     processes = [subprocess.Popen([sys.executable, "-c", harness], cwd=REPO) for _ in range(2)]
     assert [process.wait(timeout=120) for process in processes] == [0, 0]
     lines = [line.split() for line in (tmp_path / "times.txt").read_text().splitlines()]
@@ -288,6 +291,44 @@ def test_two_harness_processes_share_a_matrix_each_cell_once_and_in_dependency_o
             assert times[name][0] >= times[need][1], f"{name} started before {need} ended"
     assert len({pid for *_, pid in lines}) == 2  # both processes ran cells
     assert sorted(path.name for path in (tmp_path / "cells").glob("*.json")) == [f"{n}.json" for n in sorted(needs)]
+    for name, *_, pid in lines:  # each record names the process (call) that ran it, not the other one
+        assert json.loads((tmp_path / "cells" / f"{name}.json").read_text())["call"] == f"call {pid}"
+
+
+def _call(started_at: str, seconds: float, cells_run: int, **extra) -> dict:
+    return {"started_at": f"2026-12-06 {started_at} UTC", "seconds": seconds, "cells_run": cells_run, **extra}
+
+
+def test_the_run_wall_time_counts_overlapping_calls_once():
+    one, two = _call("10:00:00", 600.0, 5), _call("10:05:00", 600.0, 4)  # the second starts halfway through
+    assert reproduce.calls_wall_seconds([one, two]) == 900.0
+    assert reproduce.calls_wall_seconds([_call("10:00:00", 1200.0, 5), two]) == 1200.0  # inside the first
+    later = _call("10:10:00", 60.0, 1)  # starts when the first ends (start times are whole seconds)
+    assert reproduce.calls_wall_seconds([later, one]) == 660.0
+    assert reproduce.calls_wall_seconds([one, _call("10:09:59", 60.0, 1)]) == 660.0  # rounding: not an overlap
+
+
+def test_each_call_counts_only_the_cells_whose_records_name_it():
+    calls = [_call("10:00:00", 600.0, 9, id="a"), _call("10:05:00", 600.0, 9, id="b"), _call("09:00:00", 60.0, 2)]
+    records = [{"call": "a"}] * 5 + [{"call": "b"}] * 4 + [{}]
+    assert [call["cells_run"] for call in reproduce._count_cells_per_call(calls, records)] == [5, 4, 2]
+    assert reproduce._count_cells_per_call(calls, [{}, {}]) == calls  # records from before calls had ids
+
+
+def test_the_wall_time_line_of_overlapping_calls_says_they_overlapped(smoke_run, synthetic_dir):
+    root, _, _, _ = smoke_run
+    payload = json.loads((root / "results" / synthetic_dir.name / "tiny" / "results.json").read_text())
+    payload["cells_missing"], payload["report_only"] = [], False
+    payload["reproduce_calls"] = [_call("10:00:00", 600.0, 6, id="a"), _call("10:05:00", 600.0, 4, id="b")]
+    payload["run_seconds"] = reproduce.calls_wall_seconds(payload["reproduce_calls"])
+    line = next(line for line in reproduce.format_report(payload).splitlines() if line.startswith("Run wall time"))
+    assert line == ("Run wall time: 15.0 min in 2 calls of reproduce.py from 2026-12-06 10:00:00 UTC (cells run: "
+                    "6 + 4 of 10); the calls ran partly at once (their own durations add up to 20.0 min).")
+    for call in payload["reproduce_calls"]:  # calls recorded before records named their call
+        del call["id"]
+    line = next(line for line in reproduce.format_report(payload).splitlines() if line.startswith("Run wall time"))
+    assert "(cells finished during each call: 6 + 4 of 10); the calls ran partly at once" in line
+    assert "so a cell can count in two" in line
 
 
 def _two_matrices(tmp_path: Path) -> list[reproduce.Cell]:
