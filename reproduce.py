@@ -651,8 +651,14 @@ def method_runs(plan: ModelPlan) -> dict[str, list[str]]:
     }
 
 
-def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
-    """Rank HR@1 differences between the rows of Table 1 that the paper orders, on the same prompts.
+# results.json's keys of the paired differences by metric (generation's only where the evaluations generated).
+DIFFERENCES_KEY = {"rank": "paired_differences", "generation": "paired_differences_generation"}
+
+
+def paired_differences(plan: ModelPlan, collected: dict, metric: str = "rank") -> list[dict]:
+    """Rank HR@1 differences between the rows of Table 1 that the paper orders, on the same prompts
+    (`metric="generation"`: of generation HR@1, the paper's metric, where the evaluations generated; rows without
+    generation, e.g. popularity, are left out).
 
     For "A − B": `per_seed` lists A's run minus B's run at each seed both have (B's single run where it has
     one, e.g. SFT or popularity; with several SFT seeds, the SFT model A's run started from); `ahead` counts
@@ -665,7 +671,7 @@ def paired_differences(plan: ModelPlan, collected: dict) -> list[dict]:
     """
     sdpo = f"S-DPO (N={plan.main_negatives})"
     groups = {**method_runs(plan), "popularity": ["popularity"]}
-    hits = collected["hits"]
+    hits = collected["hits"] if metric == "rank" else collected.get("gen_hits", {})
     several = len(plan.sft_seeds) > 1
     origin = {name: sft_seed for sft_seed in plan.sft_seeds  # run -> the SFT seed it started from (or is)
               for name in [f"sft-s{sft_seed}"] + [preference_name(n, 1.0, seed, sft_seed if several else None)
@@ -710,9 +716,9 @@ def difference_statistics(pairs: list[tuple[str, str]], hits: dict[str, list[int
             "runs": len(pairs), "n": len(first), "prompt_se": _mean_std(first)[1] / math.sqrt(len(first))}
 
 
-def format_differences(comparisons: list[dict]) -> str:
+def format_differences(comparisons: list[dict], metric: str = "rank HR@1") -> str:
     across = any("per_sft" in c for c in comparisons)
-    lines = ["| A − B (rank HR@1) | difference: mean ± std over seeds | seeds with A > B | prompt SE | n |"
+    lines = [f"| A − B ({metric}) | difference: mean ± std over seeds | seeds with A > B | prompt SE | n |"
              + (" per SFT model | ± SE over SFT models | SFT models with A > B |" if across else ""),
              "|---|---|---|---|---|" + ("---|---|---|" if across else "")]
     for c in comparisons:
@@ -799,14 +805,19 @@ def read_per_prompt(path: Path) -> dict[str, list[int]]:
     return {name: [int(value) for value in column] for name, *column in zip(*rows)}
 
 
-def recompute_paired_differences(folder: Path) -> list[dict]:
-    """The paired differences of `folder/results.json`, recomputed from the per-prompt ranks committed beside it
-    (raises FileNotFoundError for a report written before they were kept)."""
+def recompute_paired_differences(folder: Path, metric: str = "rank") -> list[dict]:
+    """The paired differences of `folder/results.json` (`metric="generation"`: those of generation HR@1),
+    recomputed from the per-prompt ranks and generation hits committed beside it (raises FileNotFoundError for a
+    report written before they were kept)."""
     columns = read_per_prompt(folder / PER_PROMPT_FILE)
-    hits = {key.split("/", 1)[1]: [int(rank == 1) for rank in values]
-            for key, values in columns.items() if key.startswith("rank/")}
+    if metric == "rank":
+        hits = {key.split("/", 1)[1]: [int(rank == 1) for rank in values]
+                for key, values in columns.items() if key.startswith("rank/")}
+    else:
+        hits = {key.split("/", 1)[1]: list(values) for key, values in columns.items() if key.startswith("gen_hit/")}
+    stored = _read(folder / "results.json").get(DIFFERENCES_KEY[metric], [])
     return [{"comparison": c["comparison"], **difference_statistics([tuple(pair) for pair in c["pairs"]], hits),
-             "pairs": c["pairs"]} for c in _read(folder / "results.json")["paired_differences"]]
+             "pairs": c["pairs"]} for c in stored]
 
 
 def _main_negatives(payload: dict) -> int:
@@ -1033,8 +1044,11 @@ def format_report(payload: dict) -> str:
     missing = payload["cells_missing"]
     total = _cells_total(payload)
     differences = payload["paired_differences"]
+    generation = payload.get(DIFFERENCES_KEY["generation"], [])
+    tag = payload.get("plan", {}).get("tag", payload["model"])
     return "\n".join([
-        f"# {payload['model']} on {payload['dataset']} (profile `{payload['profile']}`)", "",
+        f"# {payload['model']}{f' (plan `{tag}`)' if tag != payload['model'] else ''} on {payload['dataset']} "
+        f"(profile `{payload['profile']}`)", "",
         *provenance_lines(payload), "",
         f"Evaluation: {payload['eval_records']} test prompts (seeded random sample across users, seed "
         f"{payload['eval_seed']}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",
@@ -1047,6 +1061,9 @@ def format_report(payload: dict) -> str:
            "of the per-prompt difference of the first seed's runs, i.e. the noise of the prompt sample; "
            "a gap is established only where it exceeds both the spread over seeds and this.", "",
            format_differences(differences), ""] if differences else []),
+        *(["The same for generation HR@1 (the paper's metric: the greedy output names exactly one candidate and it "
+           "is the target); rows that do not generate are left out.", "",
+           format_differences(generation, "generation HR@1"), ""] if generation else []),
         f"Cells finished: {total - len(missing)} of {total}"
         + (f" (missing: {', '.join(missing)})" if missing else "")
         + f"; their wall time: {payload['wall_seconds_of_cells'] / 60:.1f} min.",
@@ -1132,6 +1149,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     folder = results_dir / dataset / plan.tag
     folder.mkdir(parents=True, exist_ok=True)
     records = [current_record(cell, root) for cell in cells]
+    generation = paired_differences(plan, collected, "generation")
     calls = _count_cells_per_call(
         _calls_that_made_current_cells(_reproduce_calls(_read(folder / "results.json"), profile, call), records, call),
         records)
@@ -1140,6 +1158,7 @@ def report(plan: ModelPlan, cells: list[Cell], root: Path, dataset: str, results
     payload = {"profile": profile, "plan": asdict(plan),
                **{k: v for k, v in collected.items() if k not in ("hits", "ranks", "gen_hits", "prompt_indices")},
                "table": table_rows(plan, collected), "paired_differences": paired_differences(plan, collected),
+               **({DIFFERENCES_KEY["generation"]: generation} if generation else {}),
                "figures": [], "cells_total": len(cells),
                "cells_missing": [cell.name for cell in cells if not current_record(cell, root)],
                "wall_seconds_of_cells": round(sum(run.get("train_seconds", 0) + run.get("eval_seconds", 0)

@@ -110,11 +110,12 @@ def test_paired_differences_recompute_from_the_committed_per_prompt_ranks(folder
         assert "per_prompt_file" not in payload
         assert "per-prompt ranks: not recorded" in (folder / "table.md").read_text(encoding="utf-8")
         return
-    recomputed = reproduce.recompute_paired_differences(folder)
-    assert len(recomputed) == len(payload["paired_differences"])
-    for again, stored in zip(recomputed, payload["paired_differences"]):
-        for key in ("mean", "std", "per_seed", "ahead", "n", "prompt_se"):
-            assert again[key] == pytest.approx(stored[key]), (stored["comparison"], key)
+    for metric, key in reproduce.DIFFERENCES_KEY.items():  # generation's where the evaluations generated
+        recomputed = reproduce.recompute_paired_differences(folder, metric)
+        assert len(recomputed) == len(payload.get(key, []))
+        for again, stored in zip(recomputed, payload.get(key, [])):
+            for number in ("mean", "std", "per_seed", "ahead", "n", "prompt_se"):
+                assert again[number] == pytest.approx(stored[number]), (metric, stored["comparison"], number)
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=_name)
@@ -147,7 +148,8 @@ def _recorded_numbers(folder: Path) -> set[str]:
                 walk(item)
 
     walk([run.get("metrics", {}) for run in payload["runs"].values()])
-    walk([payload["references"], payload["table"], payload["paired_differences"]])
+    walk([payload["references"], payload["table"], payload["paired_differences"],
+          payload.get(reproduce.DIFFERENCES_KEY["generation"], [])])
     found |= set(NUMBER.findall((folder / "table.md").read_text(encoding="utf-8")))
     return found
 

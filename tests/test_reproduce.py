@@ -93,11 +93,18 @@ def test_smoke_profile_writes_the_table_results_and_figures(smoke_run, synthetic
         metrics = results["references"].get(name) or results["runs"][name]["metrics"]
         assert sum(hits) / 24 == pytest.approx(metrics["rank_hr@1"])
     assert sum(columns["gen_hit/sdpo-n3-b1-s0"]) / 24 == pytest.approx(sdpo["metrics"]["hr@1"])
-    recomputed = reproduce.recompute_paired_differences(folder)
-    assert [c["comparison"] for c in recomputed] == [c["comparison"] for c in results["paired_differences"]]
-    for again, stored in zip(recomputed, results["paired_differences"]):
-        for key in ("mean", "std", "prompt_se", "per_seed", "ahead", "n"):
-            assert again[key] == pytest.approx(stored[key]), (stored["comparison"], key)
+    for metric, name in reproduce.DIFFERENCES_KEY.items():
+        recomputed = reproduce.recompute_paired_differences(folder, metric)
+        assert [c["comparison"] for c in recomputed] == [c["comparison"] for c in results[name]]
+        for again, stored in zip(recomputed, results[name]):
+            for key in ("mean", "std", "prompt_se", "per_seed", "ahead", "n"):
+                assert again[key] == pytest.approx(stored[key]), (stored["comparison"], key)
+    # The paper's metric gets its own paired differences (no popularity row: it does not generate).
+    generation = {c["comparison"]: c for c in results["paired_differences_generation"]}
+    assert "S-DPO (N=3) − DPO" in generation and "S-DPO (N=3) − popularity" not in generation
+    assert generation["S-DPO (N=3) − DPO"]["mean"] == pytest.approx(
+        (sum(columns["gen_hit/sdpo-n3-b1-s0"]) - sum(columns["gen_hit/dpo-n1-b1-s0"])) / 24)
+    assert "| A − B (generation HR@1) |" in table
     # Every row is evaluated on the same prompts: the reference rows' sample.
     csv_lines = (folder / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,seeds,n,hr@1_mean") and len(csv_lines) == 1 + 8
@@ -684,3 +691,10 @@ def test_table_md_says_how_the_negatives_were_drawn():
         [line] = [line for line in lines if line.startswith("Candidates:")]
         assert line == f"Candidates: {reproduce.CANDIDATE_NOTES[protocol]}."
     assert "seeded by the target" in reproduce.CANDIDATE_NOTES["original"]
+
+
+def test_the_title_names_the_plan_when_it_is_not_the_models_name():
+    payload = json.loads((REPO / "results" / "lastfm" / "tiny-bpe" / "results.json").read_text())
+    assert reproduce.format_report(payload).startswith("# tiny-bpe on lastfm (profile `cpu`)")
+    payload["plan"]["tag"] = "tiny-bpe-sasrec"  # the same model, another plan (here: its SFT's start)
+    assert reproduce.format_report(payload).startswith("# tiny-bpe (plan `tiny-bpe-sasrec`) on lastfm (profile `cpu`)")
