@@ -896,7 +896,7 @@ def sweep_figure(payload: dict, over: str):
     ax.set_xlabel(SWEEP_AXES[over])
     ax.set_ylabel(HR1_AXIS)
     fixed = "β = 1" if over == "negatives" else f"N = {_main_negatives(payload)}"
-    ax.set_title(f"{payload['model']} on {payload['dataset']}, {fixed}, n = {payload['eval_records']} test prompts",
+    ax.set_title(f"{model_label(payload)} on {payload['dataset']}, {fixed}, n = {payload['eval_records']} test prompts",
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -943,7 +943,7 @@ def curves_figure(payload: dict):
     handles, _ = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], color="gray", alpha=0.4, linewidth=0.7, label="thin: one seed (no error bars)"))
     axes[0].legend(handles=handles, fontsize=7)
-    fig.suptitle(f"training curves (values on training batches), {payload['model']} on {payload['dataset']}, β = 1",
+    fig.suptitle(f"training curves (values on training batches), {model_label(payload)} on {payload['dataset']}, β = 1",
                  fontsize=9)
     fig.tight_layout()
     return fig
@@ -1039,16 +1039,20 @@ CANDIDATE_NOTES = {  # table.md's line on how the test prompts' negatives were d
 }
 
 
+def model_label(payload: dict) -> str:
+    """The model, and the plan's tag where it differs (e.g. `tiny-bpe (plan tiny-bpe-sasrec)`): titles."""
+    tag = payload.get("plan", {}).get("tag", payload["model"])
+    return payload["model"] + (f" (plan {tag})" if tag != payload["model"] else "")
+
+
 def format_report(payload: dict) -> str:
     """table.md: a pure function of results.json (tests/test_docs_numbers.py checks the committed ones)."""
     missing = payload["cells_missing"]
     total = _cells_total(payload)
     differences = payload["paired_differences"]
     generation = payload.get(DIFFERENCES_KEY["generation"], [])
-    tag = payload.get("plan", {}).get("tag", payload["model"])
     return "\n".join([
-        f"# {payload['model']}{f' (plan `{tag}`)' if tag != payload['model'] else ''} on {payload['dataset']} "
-        f"(profile `{payload['profile']}`)", "",
+        f"# {model_label(payload)} on {payload['dataset']} (profile `{payload['profile']}`)", "",
         *provenance_lines(payload), "",
         f"Evaluation: {payload['eval_records']} test prompts (seeded random sample across users, seed "
         f"{payload['eval_seed']}; the same prompts for every row). Mean ± std over training seeds where seeds > 1.",

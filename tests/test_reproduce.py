@@ -697,4 +697,4 @@ def test_the_title_names_the_plan_when_it_is_not_the_models_name():
     payload = json.loads((REPO / "results" / "lastfm" / "tiny-bpe" / "results.json").read_text())
     assert reproduce.format_report(payload).startswith("# tiny-bpe on lastfm (profile `cpu`)")
     payload["plan"]["tag"] = "tiny-bpe-sasrec"  # the same model, another plan (here: its SFT's start)
-    assert reproduce.format_report(payload).startswith("# tiny-bpe (plan `tiny-bpe-sasrec`) on lastfm (profile `cpu`)")
+    assert reproduce.format_report(payload).startswith("# tiny-bpe (plan tiny-bpe-sasrec) on lastfm (profile `cpu`)")
