@@ -1212,7 +1212,7 @@ def reproduce(profile: str = "cpu", dataset: str = "lastfm", output_root: str = 
     Args:
         profile: `cpu` (a 2-core CPU; with --jobs 2 SmolLM2 took 29.5 min on LastFM, the tiny plan about 3.5
             hours; MovieLens's Table 1 with one preference seed per SFT model 99.2 min; tiny-bpe's cells 135 min
-            of one core), `paper`
+            of one core; tiny-bpe-sasrec 153.6 min, its SFT cell alone 105.7; the README's table), `paper`
             (Llama-2-7B on NPROC GPUs, default all visible; the paper used 4) or `smoke` (seconds).
         dataset: a prepared dataset name or folder (as the stages take it).
         output_root: where stage outputs, cell records and logs go (`<output_root>/<profile>/<dataset>/<model>`).

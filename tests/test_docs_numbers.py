@@ -27,6 +27,7 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
+    ("## tiny-bpe-sasrec's whole plan", "\n## ", "lastfm/tiny-bpe-sasrec"),
     ("## tiny-bpe's whole plan", "\n## ", "lastfm/tiny-bpe"),
     # tiny-bpe's first cells (the BPE of 85d4d88), committed in results/lastfm/tiny-bpe/ until dc279d1; read from git.
     ("## tiny-bpe after the tiny recipe's SFT", "\n## ", "lastfm/tiny-bpe@dc279d1"),
@@ -47,6 +48,8 @@ PARTS = (
 
 # Numbers these parts quote from elsewhere, each with its source.
 ELSEWHERE = {
+    # The one-token tiny model's S-DPO − DPO on the same data (results/lastfm-per-sample/tiny), compared with:
+    "lastfm/tiny-bpe-sasrec": {"0.0126", "0.0020"},
     "lastfm/tiny-bpe": set(),
     "lastfm/tiny-bpe@dc279d1": set(),
     "movielens/tiny": set(),
@@ -206,5 +209,6 @@ def test_every_4_decimal_number_in_the_readmes_results_section_is_in_the_committ
     assert len(quoted) > 20, "the results section quotes few numbers: has its heading changed?"
     recorded = set().union(*(_recorded_numbers(REPO / "results" / name)
                              for name in ("lastfm-original/tiny", "lastfm-original/tiny/rerun", "lastfm-original/smollm2-135m",
-                                          "lastfm-per-sample/tiny", "movielens/tiny", "lastfm/tiny-bpe")))
+                                          "lastfm-per-sample/tiny", "movielens/tiny", "lastfm/tiny-bpe",
+                                          "lastfm/tiny-bpe-sasrec")))
     assert sorted(quoted - recorded) == []
