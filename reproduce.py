@@ -115,10 +115,13 @@ TINY_BPE = ModelPlan(
 # SASRec vector of the names it occurs in (item_init.name_token_rows, the tiny recipe's start for names of
 # several tokens), 4 epochs. bf16 autocast is pinned rather than left to the CPU's flags (`--bf16` None), so
 # every machine trains with the same numerics (1.75 times fp32's speed on one core with AMX-BF16, the same loss
-# over 12 steps; emulated and slower on a CPU without bf16).
+# over 12 steps; emulated and slower on a CPU without bf16). Three SFT models, from each DPO and S-DPO N = 15 at
+# preference seed 0 (Table 1, paired per SFT model); from the first, N = 1, 3, 15 at seeds 0-2. The committed
+# results/lastfm/tiny-bpe-sasrec/ holds the first SFT model's cells only (its results.json's plan).
 TINY_BPE_SASREC = replace(TINY_BPE, tag="tiny-bpe-sasrec",
                           sft={**TINY_BPE.sft, "num_train_epochs": 4, "eval_step": 0.125, "bf16": True,
-                               "item_embeddings": "sasrec"})
+                               "item_embeddings": "sasrec"},
+                          sft_seeds=(0, 1, 2), preference_seeds=(0,))
 
 
 PROFILES: dict[str, list[ModelPlan]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -587,6 +588,23 @@ def test_unknown_profile_or_model_is_one_line(tmp_path):
         reproduce.reproduce(profile="gpu", output_root=str(tmp_path))
     with pytest.raises(runtime.UsageError, match="profile cpu has no model llama"):
         reproduce.reproduce(profile="cpu", models="llama", output_root=str(tmp_path))
+
+
+def test_tiny_bpe_sasrec_adds_sft_models_without_changing_the_first_ones_cells(tmp_path):
+    """Three SFT models, a DPO and an S-DPO run from each (Table 1, paired per SFT model), the negatives sweep
+    from the first; the first SFT model and its evaluation keep the commands of the one-SFT plan they were
+    committed under, so their finished cells stay current."""
+    plan = next(plan for plan in reproduce.PROFILES["cpu"] if plan.tag == "tiny-bpe-sasrec")
+    one = dataclasses.replace(plan, sft_seeds=(0,), preference_seeds=(0, 1, 2))  # the plan results/ was made by
+    cells = {cell.name: cell for cell in reproduce.plan_cells(plan, "lastfm", tmp_path)}
+    before = {cell.name: cell for cell in reproduce.plan_cells(one, "lastfm", tmp_path)}
+    for name in ("sft-s0", "eval-sft-s0", "eval-base", "baselines"):
+        assert cells[name].command == before[name].command
+    assert reproduce.table_runs(plan, 1) == [f"dpo-n1-b1-s0-sft{seed}" for seed in (0, 1, 2)]
+    assert reproduce.table_runs(plan, 15) == [f"sdpo-n15-b1-s0-sft{seed}" for seed in (0, 1, 2)]
+    sweep = {name for name, cell in cells.items() if cell.kind == "preference" and cell.info["sft_seed"] == 0}
+    assert sweep == {reproduce.preference_name(n, 1.0, seed, 0) for n in (1, 3, 15) for seed in (0, 1, 2)}
+    assert len(cells) == 34
 
 
 def test_cpu_tiny_plan_runs_every_table_run_from_each_of_three_sft_models(tmp_path):
