@@ -34,7 +34,9 @@ PARTS = (
     ("## MovieLens 100K on per-sample candidates", "\n## ", "movielens/tiny"),
     ("## The cpu profile's finished tiny run on LastFM", "\n## ", "lastfm-original/tiny"),
     ("## The rerun of the SFT cells", "\n## ", "lastfm-original/tiny/rerun"),
-    ("## LastFM per-sample, Table 1 with 3 SFT seeds", "\n## ", "lastfm-per-sample/tiny"),
+    ("## LastFM per-sample, Table 1 with 3 SFT × 3", "\n## ", "lastfm-per-sample/tiny"),
+    # Its first 20 cells (one preference seed per SFT model), committed until 0c6ff7f; read from git.
+    ("## LastFM per-sample, Table 1 with 3 SFT seeds, one", "\n## ", "lastfm-per-sample/tiny@9163090"),
     # Its first run (SFT seed 0 and one preference pair, commit fcedafb), committed until 6bf2cd5; read from git.
     ("## LastFM with per-sample candidates", "\n## ", "lastfm-per-sample/tiny@6bf2cd5"),
     # The former tiny recipe's run (4 SFT epochs, one SFT model), committed until ac6c43a; read from git.
@@ -49,7 +51,7 @@ PARTS = (
 # Numbers these parts quote from elsewhere, each with its source.
 ELSEWHERE = {
     # The one-token tiny model's S-DPO − DPO on the same data (results/lastfm-per-sample/tiny), compared with:
-    "lastfm/tiny-bpe-sasrec": {"0.0126", "0.0020"},
+    "lastfm/tiny-bpe-sasrec": {"0.0124", "0.0015"},
     "lastfm/tiny-bpe": set(),
     "lastfm/tiny-bpe@dc279d1": set(),
     "movielens/tiny": set(),
@@ -65,8 +67,9 @@ ELSEWHERE = {
     "lastfm-original/tiny": set(),
     # Runs on the original candidates it is compared with (results/lastfm-original/tiny and its rerun/):
     "lastfm-per-sample/tiny@6bf2cd5": {"0.4185", "0.3975", "0.4666", "0.0257", "0.0168"},
+    "lastfm-per-sample/tiny": set(),
     # Seed 0's earlier run (lastfm-per-sample/tiny@6bf2cd5) and the original candidates' S-DPO − DPO over 9 runs:
-    "lastfm-per-sample/tiny": {"0.4090", "0.0217"},
+    "lastfm-per-sample/tiny@9163090": {"0.4090", "0.0217"},
     # The committed run's numbers the rerun is compared with (results/lastfm-original/tiny/results.json: per-run metrics,
     # the SFT row, the per-SFT-model S-DPO − DPO), and differences between them:
     "lastfm-original/tiny/rerun": {"0.4185", "0.4052", "0.4038", "0.4092", "0.0081", "0.4035", "0.4292", "0.0253", "0.0226",
