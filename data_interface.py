@@ -74,6 +74,8 @@ def _parse_record(raw: object, path: Path, index: int) -> Record:
     if not isinstance(candidates, list) or not all(isinstance(name, str) for name in candidates):
         raise DataError(f"{where}: field 'itemList' must be a list of strings")
     candidates = [name.strip() for name in candidates]
+    if "" in candidates:
+        raise DataError(f"{where}: field 'itemList' holds an empty name (candidate {candidates.index('')})")
     if len(candidates) < 2:
         raise DataError(f"{where}: field 'itemList' needs at least 2 candidates, got {len(candidates)}")
     if len(set(candidates)) != len(candidates):

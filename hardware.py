@@ -142,13 +142,16 @@ def gradient_accumulation_for(effective_batch_size: int, batch_size: int, proces
     return effective_batch_size // per_step
 
 
-def limit_to_one_gpu(training_arguments) -> None:
+def limit_to_one_gpu(trainer) -> None:
     """A single process uses one GPU: transformers would wrap the model in `nn.DataParallel` over every visible
-    GPU, multiplying the batch (and the memory on GPU 0) without a word."""
-    if world_size() == 1 and training_arguments.n_gpu > 1:
+    GPU, multiplying the batch (and the memory on GPU 0) without a word. The Trainer took its batch
+    (`args.train_batch_size`, per device x GPUs) when it was built, so that is set again too."""
+    arguments = trainer.args
+    if world_size() == 1 and arguments.n_gpu > 1:
         logger.warning("one process on a machine with %d GPUs: it uses GPU 0 only; start one process per GPU with "
-                       "NPROC=%d (torchrun) to use them all", training_arguments.n_gpu, training_arguments.n_gpu)
-        training_arguments._n_gpu = 1
+                       "NPROC=%d (torchrun) to use them all", arguments.n_gpu, arguments.n_gpu)
+        arguments._n_gpu = 1
+        trainer._train_batch_size = arguments.train_batch_size
 
 
 def triton_toolchain_problem() -> str | None:

@@ -270,7 +270,7 @@ def prepare_trainer_for_device(trainer) -> None:
     changed = models.upcast_trainable_parameters(trainer.model)
     if changed:
         logger.info("%d trainable tensors were in half precision: cast to fp32", len(changed))
-    hardware.limit_to_one_gpu(trainer.args)
+    hardware.limit_to_one_gpu(trainer)
     hardware.prepare_fused_lm_head(models.compute_device())
 
 
@@ -367,17 +367,27 @@ def is_full_model(checkpoint: str | None) -> bool:
 
 
 def base_model_path(model_name: str, checkpoint: str | None, data: StageData, seed: int) -> str:
-    """Folder of the base model: a full-model checkpoint itself; for an adapter, the local base it was
-    trained on when that folder exists (e.g. the tiny model, or a full SFT model under a new LoRA)."""
+    """Folder of the base model: a full-model checkpoint itself; for an adapter, the base it was trained on.
+
+    An adapter names its base. When that folder is not here (outputs moved, another working directory),
+    `model_name` stands in only where it is that model: the same hub id, the same cached tiny or SmolLM2 model,
+    or a local folder the user names. Otherwise evaluating would put the adapter on another model (a LoRA
+    trained on a full SFT model, evaluated on an untrained tiny one): that is a `UsageError`."""
     if is_full_model(checkpoint):
         return str(checkpoint)
-    if checkpoint:
-        adapter_config = Path(checkpoint) / "adapter_config.json"
-        if adapter_config.exists():
-            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-            if base and Path(base, "config.json").exists():
-                return base
-    return models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name in models.TINY_MODELS else None)
+    recorded = None
+    if checkpoint and (Path(checkpoint) / "adapter_config.json").exists():
+        recorded = json.loads((Path(checkpoint) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if recorded and Path(recorded, "config.json").exists():
+            return recorded
+        if Path(model_name, "config.json").exists():
+            return model_name
+    resolved = models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name in models.TINY_MODELS else None)
+    if recorded and recorded not in (model_name, resolved) and (
+            model_name not in (*models.TINY_MODELS, models.SMOLLM2) or Path(recorded).name != Path(resolved).name):
+        raise UsageError(f"{checkpoint} is an adapter on {recorded}, which is not here, and --base_model {model_name} is "
+                         f"another model ({resolved}): pass the folder of {recorded} as --base_model")
+    return resolved
 
 
 def tokenizer_path(base: str, checkpoint: str | None) -> str:

@@ -40,6 +40,7 @@ def test_both_history_forms_load_the_same(tmp_path):
         ([{"historyList": "a::b::c", "itemList": CANDIDATES}], "record 0: missing field 'trueSelection'"),
         ([record(target="Nobody")], "record 0: field 'trueSelection' 'Nobody' is not among the candidates"),
         ([record(items=CANDIDATES[:19] + ["Artist A"])], "record 0: field 'itemList' holds duplicate candidate"),
+        ([record(items=CANDIDATES[:19] + ["  "])], "record 0: field 'itemList' holds an empty name (candidate 19)"),
         ([record(history="")], "record 0: field 'historyList' is empty"),
         ([record(history=[])], "record 0: field 'historyList' is empty"),
     ],

@@ -1,6 +1,7 @@
 """The paper's GPU path, checked on a CPU: fp32 adapters under 4-bit, the default tiny model in 4-bit, the number of
 processes and the effective batch, no silent CPU fallback, bf16 only where supported, fp32 weights for models
-trained in full, the Triton toolchain, evaluation shared by torchrun processes and one sync per non-finite check.
+trained in full, the Triton toolchain, evaluation shared by torchrun processes, one sync per non-finite check and fp16's
+overflowing gradients left to its loss scaler.
 CUDA itself is mocked (device queries) or replaced by bitsandbytes' CPU kernels and gloo."""
 
 from __future__ import annotations
@@ -99,23 +100,21 @@ def test_stage_flag_effective_batch_size_sets_the_accumulation_for_the_launch(mo
         runtime.accumulation_steps(1, 100, 4)
 
 
-def test_one_process_on_a_machine_with_several_gpus_uses_one(monkeypatch):
-    class Arguments:
-        _n_gpu = 4
-
-        @property
-        def n_gpu(self):
-            return self._n_gpu
+def test_one_process_on_a_machine_with_several_gpus_uses_one_with_the_batch_asked_for(monkeypatch, tmp_path):
+    """The Trainer reads `args.train_batch_size` (per device x n_gpu) when it is built: limiting a single process
+    to one GPU afterwards must also shrink the batch its dataloader draws, or a 4-GPU machine trains on 4 x the
+    batch (and 4 x the effective batch) on GPU 0."""
+    import transformers
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    arguments = Arguments()
-    hardware.limit_to_one_gpu(arguments)
-    assert arguments.n_gpu == 1
-    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun: one GPU per process already
-    arguments = Arguments()
-    arguments._n_gpu = 1
-    hardware.limit_to_one_gpu(arguments)
-    assert arguments.n_gpu == 1
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                                               report_to=[], use_cpu=True)
+    arguments._n_gpu = 4  # what transformers sets on a machine with 4 visible GPUs
+    trainer = transformers.Trainer(model=torch.nn.Linear(2, 2), args=arguments,
+                                   train_dataset=[{"input": [0.0, 0.0]}] * 16)
+    runtime.prepare_trainer_for_device(trainer)
+    assert trainer.args.n_gpu == 1
+    assert len(next(iter(trainer.get_train_dataloader()))["input"]) == 2
 
 
 def test_default_process_count_is_the_visible_gpus(monkeypatch):
@@ -261,6 +260,34 @@ def test_without_a_toolchain_sft_uses_trls_torch_kernel_on_cuda(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- the guard
+
+
+def test_the_non_finite_guard_leaves_fp16_overflows_to_the_loss_scaler(tmp_path):
+    """Under fp16 (GPUs without bf16) gradients are scaled and an infinite one is routine: the scaler skips that
+    step and lowers the scale. Only a non-finite loss stops such a run; without a scaler an infinite gradient does."""
+    from types import SimpleNamespace
+
+    from trainer.non_finite import NonFiniteError, StopOnNonFinite
+
+    class Parent:
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            model.weight.grad = torch.full_like(model.weight, float("inf"))  # an overflow of the scaled loss
+            return self.loss
+
+    class Trainer(StopOnNonFinite, Parent):
+        def __init__(self, scaler, loss):
+            self.accelerator = SimpleNamespace(scaler=scaler)
+            self.args = SimpleNamespace(output_dir=str(tmp_path))
+            self.state = SimpleNamespace(global_step=0)
+            self.loss = torch.tensor(loss)
+
+    model = torch.nn.Linear(2, 2)
+    scaler = torch.amp.GradScaler("cpu")
+    assert Trainer(scaler, 1.0).training_step(model, {}) == 1.0
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        Trainer(scaler, float("nan")).training_step(model, {})
+    with pytest.raises(NonFiniteError, match="non-finite gradient"):
+        Trainer(None, 1.0).training_step(model, {})
 
 
 def test_the_non_finite_guard_reads_the_device_once(monkeypatch):

@@ -264,6 +264,33 @@ def test_sft_resumes_a_killed_run_to_the_same_adapter(synthetic_dir, tmp_path):
             torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
 
 
+def test_an_adapter_whose_base_is_missing_is_not_evaluated_on_another_base(synthetic_dir, tmp_path):
+    """A LoRA adapter names the base it was trained on. When that folder is not here (moved outputs, another
+    working directory), the base is `--base_model`'s only where that is the same model; otherwise a one-line
+    error, never a silent evaluation of the adapter on an untrained base."""
+    data = runtime.load_stage_data(("train", "val", "test"), str(synthetic_dir))
+    tiny = Path(runtime.base_model_path("tiny", None, data, 0))
+
+    def adapter_on(base: str) -> str:
+        folder = tmp_path / f"adapter-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        return str(folder)
+
+    assert runtime.base_model_path("tiny", adapter_on(str(tiny)), data, 0) == str(tiny)
+    # The same cached tiny model under another cache root or working directory.
+    moved = str(Path("/elsewhere/cache") / tiny.parent.name / tiny.name)
+    assert runtime.base_model_path("tiny", adapter_on(moved), data, 0) == str(tiny)
+    assert runtime.base_model_path("org/model", adapter_on("org/model"), data, 0) == "org/model"  # a hub id
+    # A full SFT model that is not here: --base_model tiny would be an untrained model.
+    checkpoint = adapter_on("outputs/sft/final_checkpoint")
+    with pytest.raises(runtime.UsageError, match=r"adapter on outputs/sft/final_checkpoint, which is not here") as error:
+        runtime.base_model_path("tiny", checkpoint, data, 0)
+    assert checkpoint in str(error.value) and "\n" not in str(error.value)
+    # Naming a local folder as --base_model is the user's choice of base.
+    assert runtime.base_model_path(str(tiny), checkpoint, data, 0) == str(tiny)
+
+
 def test_fast_evaluator_gives_the_outputs_of_one_prompt_at_a_time(synthetic_dir):
     """Length-sorted batches of a merged adapter = unsorted, unbatched generation with the adapter kept apart."""
     data = runtime.load_stage_data(("train", "val", "test"), str(synthetic_dir))

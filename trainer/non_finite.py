@@ -2,8 +2,8 @@
 
 `StopOnNonFinite` is a mixin for `transformers.Trainer` subclasses (the S-DPO trainer and the SFT
 stage's `SFTTrainer`). After every micro-batch's backward pass it checks the loss and the gradients of
-the trainable parameters; the first NaN or infinity raises `NonFiniteError` before the optimizer
-applies it. The run stops there: checkpoints already written stay as they were, and the stage script
+the trainable parameters (the loss only under fp16, whose loss scaler handles overflowing gradients itself); the
+first NaN or infinity raises `NonFiniteError` before the optimizer applies it. The run stops there: checkpoints already written stay as they were, and the stage script
 never reaches the line that writes `final_checkpoint`, so no NaN model is ever saved as final.
 
 The records of the failing batch are found by their token ids: a stage registers, for each training
@@ -61,7 +61,11 @@ class StopOnNonFinite:
     def training_step(self, model, inputs, num_items_in_batch=None):
         records = self.batch_records(inputs)  # before the parent may move or pop the batch's tensors
         loss = super().training_step(model, inputs, num_items_in_batch)
-        what = non_finite_part(loss, [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None])
+        # Under fp16 the gradients are scaled, and an infinite one is routine: the loss scaler skips that step and
+        # lowers the scale. Only the (unscaled) loss is checked then.
+        scaled = getattr(getattr(self, "accelerator", None), "scaler", None) is not None
+        grads = [] if scaled else [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        what = non_finite_part(loss, grads)
         if what is not None:
             checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"),
                                  key=lambda path: int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else -1)
