@@ -417,6 +417,7 @@ def evaluate(
         return json.loads((output / METRICS_FILE).read_text(encoding="utf-8"))
     rows, seconds = chunks.load_all(len(starts))
     metrics = metrics_of_rows(rows, records, generation, ranking, constrained_decoding)
+    metrics["seed"] = seed  # with `n`, the sample of test prompts (results.py computes its reference rows on it)
     metrics["seconds"] = round(seconds, 2)  # summed over chunks: the compute time of all processes
     metrics["processes"] = processes.count
     metrics["checkpoint"] = resume_from_checkpoint

@@ -11,7 +11,7 @@ OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 METHODS=${METHODS:-"base sft dpo sdpo"}            # stages under $OUTPUT_ROOT; base = the model untrained
 NPROC=${NPROC:-}                                   # empty: one process per visible GPU (each evaluates a share)
 BATCH_SIZE=${BATCH_SIZE:-16}                       # 16
-MAX_SAMPLES=${MAX_SAMPLES:-64}                     # empty: the whole test split
+MAX_SAMPLES=${MAX_SAMPLES:-64}                     # 0: the whole test split
 CUTOFF_LEN=${CUTOFF_LEN:-512}
 LOAD_IN_4BIT=${LOAD_IN_4BIT:-auto}                 # auto (4-bit NF4 on CUDA, fp32 on a CPU) | True (4-bit on a CPU too) | False
 BNB_4BIT_USE_DOUBLE_QUANT=${BNB_4BIT_USE_DOUBLE_QUANT:-False}  # False (as the original)

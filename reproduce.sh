@@ -12,13 +12,14 @@
 # results.json) go to results/<dataset>/<model>/; stage outputs and logs to outputs/reproduce/.
 # Time of the cpu profile with JOBS=2 on 2 cores (measured): SmolLM2 on LastFM 29.5 min as one run; the tiny plan
 # on LastFM about 3.5 hours (its cells' own times add up to 424 min of one core); on MovieLens its Table 1 with one
-# preference seed per SFT model (--cells, 20 of 54 cells, README) 99.2 min as one run; tiny-bpe not timed.
+# preference seed per SFT model (--cells, 20 of 54 cells, README) 99.2 min as one run; every plan's time: README.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 PROFILE=${PROFILE:-cpu}            # cpu | paper | smoke
 DATASET=${DATASET:-lastfm}         # lastfm | movielens | goodreads (NAME-original: original candidates) |
                                    # synthetic | a prepared folder
-MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m,tiny-bpe)
+MODELS=${MODELS:-}                 # empty: every model of the profile (cpu: tiny,smollm2-135m,tiny-bpe,
+                                   # tiny-bpe-sasrec)
 DEFAULT_JOBS=1                     # cells run at once, each pinned to its share of the CPU cores: 2 for the cpu
 [[ $PROFILE == cpu && $(nproc) -ge 2 ]] && DEFAULT_JOBS=2  # profile on 2+ cores; 1 where every cell uses all GPUs
 JOBS=${JOBS:-$DEFAULT_JOBS}

@@ -1,6 +1,6 @@
 """The results table of a run: each trained stage next to two reference points on the same prompts.
 
-    python results.py --output_root outputs/quickstart --dataset lastfm --max_samples 500
+    python results.py --output_root outputs/quickstart --dataset lastfm
 
 Reads `OUTPUT_ROOT/eval/<method>/metrics.json` (written by inference.py, or by `python -m baselines`)
 and the stages' `run_info.json` (training wall time), adds `random` (a uniformly random candidate, exact
@@ -50,15 +50,17 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
             test_file: str | None = None, max_samples: int | None = None, seed: int = 0) -> dict:
     """Build, print and save the results table; returns it.
 
-    `max_samples` and `seed` must be those of the evaluations (inference.py's): the reference rows are
-    computed on the same seeded random sample of test prompts.
+    The reference rows are computed on the evaluations' seeded random sample of test prompts: by default the
+    one their metrics.json files record (`n`, `seed`); `max_samples` and `seed`, when given, must be theirs.
     """
     root = Path(output_root)
+    evaluations = {method: _read_json(root / "eval" / method / "metrics.json") for method in evaluated_methods(root)}
+    if max_samples is None and evaluations:
+        max_samples, seed = _recorded_sample(root / "eval", evaluations)
     data = runtime.load_stage_data(("train", "test"), dataset, train_file, None, test_file)
     test = di.sample_records(data.test, max_samples, seed)
     results: dict[str, dict] = {}
-    for method in evaluated_methods(root):
-        metrics = _read_json(root / "eval" / method / "metrics.json")
+    for method, metrics in evaluations.items():
         if metrics.get("n") != len(test):
             raise runtime.UsageError(f"{root / 'eval' / method / 'metrics.json'}: evaluated on {metrics.get('n')} "
                                      f"prompts, but --max_samples gives {len(test)}: pass the evaluation's value")
@@ -72,6 +74,18 @@ def collect(output_root: str = "outputs/quickstart", dataset: str = "lastfm", tr
     print(LEGEND)
     print(f"written to {root / 'results.json'}")
     return results
+
+
+def _recorded_sample(folder: Path, evaluations: dict[str, dict]) -> tuple[int, int]:
+    """The (number of prompts, seed) every evaluation ran on; a seed not recorded (older files) is 0."""
+    (first, reference), *others = evaluations.items()
+    for key, what in (("n", "on {} and {} prompts"), ("seed", "with seeds {} and {}")):
+        for method, metrics in others:
+            if metrics.get(key, 0) != reference.get(key, 0):
+                raise runtime.UsageError(
+                    f"{folder}: {first} and {method} were evaluated {what.format(reference.get(key, 0), metrics.get(key, 0))}: "
+                    "evaluate every method on the same sample (--max_samples, --seed) to compare them")
+    return reference["n"], reference.get("seed", 0)
 
 
 def format_table(results: dict) -> str:
