@@ -668,8 +668,8 @@ def paired_differences(plan: ModelPlan, collected: dict, metric: str = "rank") -
     the seeds where A is higher; `prompt_se` is the standard error of the mean per-prompt difference of A's
     and B's first runs (paired over prompts): how much the difference would move with another sample of
     test prompts, which the spread over seeds does not show. With several SFT seeds, `per_sft` holds the
-    mean difference within each SFT model and `sft_se` the standard error of their mean (std of `per_sft` /
-    sqrt(SFT models)): it counts both the spread of preference seeds within an SFT model and that between
+    mean difference within each SFT model, `sft_mean` their mean and `sft_se` its standard error (std of
+    `per_sft` / sqrt(SFT models)): it counts both the spread of preference seeds within an SFT model and that between
     SFT models; `sft_ahead` counts the SFT models where A is higher on average.
     """
     sdpo = f"S-DPO (N={plan.main_negatives})"
@@ -704,7 +704,7 @@ def paired_differences(plan: ModelPlan, collected: dict, metric: str = "rank") -
         if len(by_sft) > 1:
             per_sft = [sum(values) / len(values) for values in by_sft.values()]
             comparison.update(per_sft=per_sft, sft_models=len(per_sft), sft_ahead=sum(d > 0 for d in per_sft),
-                              sft_se=_mean_std(per_sft)[1] / math.sqrt(len(per_sft)))
+                              sft_mean=sum(per_sft) / len(per_sft), sft_se=_mean_std(per_sft)[1] / math.sqrt(len(per_sft)))
         comparisons.append(comparison)
     return comparisons
 
@@ -729,7 +729,10 @@ def format_differences(comparisons: list[dict], metric: str = "rank HR@1") -> st
         line = (f"| {c['comparison']} | {c['mean']:+.4f}{spread} | {c['ahead']} of {c['runs']} | "
                 f"{c['prompt_se']:.4f} | {c['n']} |")
         if across:
-            line += (f" {', '.join(f'{d:+.4f}' for d in c['per_sft'])} | {c['mean']:+.4f} ± {c['sft_se']:.4f} | "
+            # The mean of the per-model differences, which the SE belongs to (it differs from the mean over runs
+            # where SFT models have unequal numbers of runs); files written before `sft_mean` was stored lack it.
+            sft_mean = c.get("sft_mean", sum(c["per_sft"]) / len(c["per_sft"])) if "per_sft" in c else None
+            line += (f" {', '.join(f'{d:+.4f}' for d in c['per_sft'])} | {sft_mean:+.4f} ± {c['sft_se']:.4f} | "
                      f"{c['sft_ahead']} of {c['sft_models']} |" if "per_sft" in c else " – | – | – |")
         lines.append(line)
     return "\n".join(lines)

@@ -643,6 +643,25 @@ def test_with_several_sft_models_a_preference_run_is_paired_with_its_own_sft_and
     assert "± SE over SFT models" in reproduce.format_differences(list(found.values()))
 
 
+def test_with_uneven_runs_per_sft_model_the_se_over_sft_models_stands_beside_their_mean():
+    """SFT model 0 has two preference runs, model 1 one (MovieLens' committed run): the mean beside "± SE over
+    SFT models" is the mean of the per-model differences, the quantity that SE belongs to, not of all runs."""
+    plan = reproduce.ModelPlan(model_name="tiny", tag="tiny", sft={}, preference={}, sft_seeds=(0, 1),
+                               preference_seeds=(0, 1), main_negatives=3)
+    name = reproduce.preference_name
+    hits = {"sft-s0": [0, 0, 0, 0], "sft-s1": [0, 0, 0, 0],
+            name(1, 1.0, 0, 0): [0, 0, 0, 0], name(1, 1.0, 1, 0): [0, 0, 0, 0], name(1, 1.0, 0, 1): [0, 0, 0, 0],
+            name(3, 1.0, 0, 0): [1, 0, 0, 0], name(3, 1.0, 1, 0): [1, 0, 0, 0], name(3, 1.0, 0, 1): [1, 1, 1, 1]}
+    found = {c["comparison"]: c for c in reproduce.paired_differences(plan, {"hits": hits})}
+    versus_dpo = found["S-DPO (N=3) − DPO"]
+    assert versus_dpo["per_seed"] == [0.25, 0.25, 1.0] and versus_dpo["mean"] == pytest.approx(0.5)
+    assert versus_dpo["per_sft"] == [0.25, 1.0] and versus_dpo["sft_mean"] == pytest.approx(0.625)
+    row = next(line for line in reproduce.format_differences([versus_dpo]).splitlines() if "S-DPO" in line)
+    assert "| +0.5000 ± 0.4330 |" in row and "| +0.6250 ± 0.3750 |" in row
+    del versus_dpo["sft_mean"]  # results.json written before sft_mean was stored: computed from per_sft
+    assert "| +0.6250 ± 0.3750 |" in reproduce.format_differences([versus_dpo])
+
+
 def test_cells_runs_only_the_named_cells_and_prints_only_them(tmp_path, capsys):
     """`--cells 'sft-s*,eval-sft-s*'`: rerunning the SFT models and their evaluations elsewhere (issue 21)."""
     reproduce.reproduce(profile="cpu", dataset="lastfm", models="tiny", output_root=str(tmp_path), dry_run=True,
