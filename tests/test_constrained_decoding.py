@@ -80,7 +80,14 @@ def test_every_constrained_output_is_a_candidate_name(bpe_setup):
         assert row["constrained_output"].startswith(" ") and row["constrained_output"][1:] in record.candidates
         assert row["constrained_prediction"] == row["constrained_output"][1:]
     assert metrics["constrained_valid_ratio"] == 1.0
+    assert metrics["constrained_hr@1"] == pytest.approx(
+        sum(row["constrained_prediction"] == record.target for row, record in zip(rows, records)) / len(records))
     assert metrics["valid_ratio"] < 1.0  # the untrained model's free outputs are not names
+    # Rows of one batch with disjoint candidate lists: each row is held to its own prompt's names.
+    disjoint = [di.Record(("Blur", "Oasis"), NAMES[:11], NAMES[0]), di.Record(("Pulp", "Keane"), NAMES[11:], NAMES[11])]
+    _, rows = inference.evaluate_records(model, tokenizer, disjoint, templates, batch_size=2, progress=False,
+                                         generation=True, ranking=False, constrained=True)
+    assert [row["constrained_prediction"] in record.candidates for row, record in zip(rows, disjoint)] == [True, True]
     unconstrained, _ = inference.evaluate_records(model, tokenizer, records, templates, batch_size=4, progress=False,
                                                   generation=True, ranking=False)
     assert {k: v for k, v in metrics.items() if not k.startswith("constrained_")} == unconstrained
@@ -124,7 +131,10 @@ def test_constrained_evaluation_writes_valid_ratio_one_beside_unchanged_metrics(
     assert {k: v for k, v in constrained.items() if k not in skip} == {k: v for k, v in plain.items() if k != "seconds"}
     plain_rows, constrained_rows = ([json.loads(line) for line in (tmp_path / name / inference.PREDICTIONS_FILE)
                                      .read_text().splitlines()] for name in ("plain", "constrained"))
+    assert written["constrained_hr@1"] == pytest.approx(
+        sum(row["constrained_prediction"] == row["target"] for row in constrained_rows) / len(constrained_rows))
     for plain_row, row in zip(plain_rows, constrained_rows):
+        assert row["hit"] == (row["prediction"] == row["target"]) and row["valid"] == (row["prediction"] is not None)
         assert row.pop("constrained_output").strip() == row.pop("constrained_prediction")
         assert row == plain_row
     table = results.format_table({"sft": {**written, "seconds": 1.0}, "random": {"hr@1": 0.05, "n": 6}})

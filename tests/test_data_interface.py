@@ -140,9 +140,13 @@ def test_prompt_and_negatives_are_deterministic_and_record_specific(tmp_path):
         assert row["chosen"] == " " + rec.target
         rejected = [name.strip() for name in row["rejected"]]
         assert len(set(rejected)) == 3 and rec.target not in rejected and set(rejected) <= set(rec.candidates)
-        assert '"Artist A", "Artist B", "Artist C"' in row["prompt"] or '"Artist E"' in row["prompt"]
+    assert '"Artist A", "Artist B", "Artist C"' in first[0]["prompt"]  # each prompt holds its own record's history
+    assert '"Artist E", "Artist F", "Artist G"' in first[1]["prompt"]
     seeds = {tuple(di.sample_negatives(records[0], 3, seed)) for seed in range(20)}
     assert len(seeds) > 1  # the seed matters
+    # and the record: the two records share their candidates, yet draw their own negatives at (almost) every seed
+    assert sum(di.sample_negatives(records[0], 3, seed) != di.sample_negatives(records[1], 3, seed)
+               for seed in range(20)) >= 18
 
 
 def test_neg_num_larger_than_non_target_candidates_is_refused(tmp_path):

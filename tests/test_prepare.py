@@ -334,6 +334,19 @@ def test_prepare_writes_the_folder_its_candidates_name(tmp_path: Path, monkeypat
     assert default["protocol"]["candidate_protocol"] == "per_sample"
 
 
+@pytest.mark.parametrize("candidates", ["per_sample", "original"])
+def test_each_sample_takes_the_newest_items_before_its_target_oldest_first(candidates: str) -> None:
+    """A user's 15 items give 12 samples; a sample at position p has the up to 10 items just before p, oldest
+    first (not the user's first 10), and 20 candidates: the target and 19 items outside the history."""
+    sequence = list(range(100, 115))
+    samples = protocol.make_samples(sequence, 300, 0, candidates, user="u")
+    assert [target for _, _, target in samples] == sequence[3:]
+    for position, (history, candidate_ids, target) in zip(range(3, 15), samples):
+        assert history == sequence[max(0, position - 10):position] and target == sequence[position]
+        assert len(candidate_ids) == 20 and target in candidate_ids and not set(history) & (set(candidate_ids) - {target})
+    assert samples[-1][0] == list(range(104, 114))
+
+
 def test_original_candidates_are_the_original_codes_draw() -> None:
     """--candidates original: `random.seed(target)`, `random.sample` over the sorted ids outside the history and
     the target (the original code), then a shuffle from the same generator."""
