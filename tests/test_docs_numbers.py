@@ -27,7 +27,9 @@ NUMBER = re.compile(r"(?<![\d.])\d\.\d{4}(?![\d])")
 
 # Parts of docs/measurements.md about a committed run: (first line's start, where the part ends, its folder).
 PARTS = (
-    ("## tiny-bpe-sasrec's whole plan", "\n## ", "lastfm/tiny-bpe-sasrec"),
+    ("## tiny-bpe-sasrec with three SFT models", "\n## ", "lastfm/tiny-bpe-sasrec"),
+    # Its plan with one SFT model (22 cells at f6b4eb9), committed until the run above replaced it; read from git.
+    ("## tiny-bpe-sasrec's whole plan", "\n## ", "lastfm/tiny-bpe-sasrec@e3b6b38"),
     ("## tiny-bpe's whole plan", "\n## ", "lastfm/tiny-bpe"),
     # tiny-bpe's first cells (the BPE of 85d4d88), committed in results/lastfm/tiny-bpe/ until dc279d1; read from git.
     ("## tiny-bpe after the tiny recipe's SFT", "\n## ", "lastfm/tiny-bpe@dc279d1"),
@@ -51,7 +53,9 @@ PARTS = (
 # Numbers these parts quote from elsewhere, each with its source.
 ELSEWHERE = {
     # The one-token tiny model's S-DPO − DPO on the same data (results/lastfm-per-sample/tiny), compared with:
-    "lastfm/tiny-bpe-sasrec": {"0.0124", "0.0015"},
+    "lastfm/tiny-bpe-sasrec@e3b6b38": {"0.0124", "0.0015"},
+    # The same, and SFT model 0's DPO and S-DPO rank HR@1 in the one-SFT run (lastfm/tiny-bpe-sasrec@e3b6b38):
+    "lastfm/tiny-bpe-sasrec": {"0.0124", "0.0015", "0.2320", "0.2473"},
     "lastfm/tiny-bpe": set(),
     "lastfm/tiny-bpe@dc279d1": set(),
     "movielens/tiny": set(),
