@@ -669,8 +669,8 @@ def paired_differences(plan: ModelPlan, collected: dict, metric: str = "rank") -
     and B's first runs (paired over prompts): how much the difference would move with another sample of
     test prompts, which the spread over seeds does not show. With several SFT seeds, `per_sft` holds the
     mean difference within each SFT model, `sft_mean` their mean and `sft_se` its standard error (std of
-    `per_sft` / sqrt(SFT models)): it counts both the spread of preference seeds within an SFT model and that between
-    SFT models; `sft_ahead` counts the SFT models where A is higher on average.
+    `per_sft` / sqrt(SFT models)): it counts both the spread of preference seeds within an SFT model and that
+    between SFT models; `sft_ahead` counts the SFT models where A is higher on average.
     """
     sdpo = f"S-DPO (N={plan.main_negatives})"
     groups = {**method_runs(plan), "popularity": ["popularity"]}
@@ -728,12 +728,14 @@ def format_differences(comparisons: list[dict], metric: str = "rank HR@1") -> st
         spread = f" ± {c['std']:.4f}" if c["runs"] > 1 else ""
         line = (f"| {c['comparison']} | {c['mean']:+.4f}{spread} | {c['ahead']} of {c['runs']} | "
                 f"{c['prompt_se']:.4f} | {c['n']} |")
-        if across:
+        if across and "per_sft" in c:
             # The mean of the per-model differences, which the SE belongs to (it differs from the mean over runs
             # where SFT models have unequal numbers of runs); files written before `sft_mean` was stored lack it.
-            sft_mean = c.get("sft_mean", sum(c["per_sft"]) / len(c["per_sft"])) if "per_sft" in c else None
+            sft_mean = c.get("sft_mean", sum(c["per_sft"]) / len(c["per_sft"]))
             line += (f" {', '.join(f'{d:+.4f}' for d in c['per_sft'])} | {sft_mean:+.4f} ± {c['sft_se']:.4f} | "
-                     f"{c['sft_ahead']} of {c['sft_models']} |" if "per_sft" in c else " – | – | – |")
+                     f"{c['sft_ahead']} of {c['sft_models']} |")
+        elif across:
+            line += " – | – | – |"
         lines.append(line)
     return "\n".join(lines)
 

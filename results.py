@@ -82,9 +82,10 @@ def _recorded_sample(folder: Path, evaluations: dict[str, dict]) -> tuple[int, i
     for key, what in (("n", "on {} and {} prompts"), ("seed", "with seeds {} and {}")):
         for method, metrics in others:
             if metrics.get(key, 0) != reference.get(key, 0):
+                found = what.format(reference.get(key, 0), metrics.get(key, 0))
                 raise runtime.UsageError(
-                    f"{folder}: {first} and {method} were evaluated {what.format(reference.get(key, 0), metrics.get(key, 0))}: "
-                    "evaluate every method on the same sample (--max_samples, --seed) to compare them")
+                    f"{folder}: {first} and {method} were evaluated {found}: evaluate every method on the same "
+                    "sample (--max_samples, --seed) to compare them")
     return reference["n"], reference.get("seed", 0)
 
 

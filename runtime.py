@@ -383,8 +383,8 @@ def base_model_path(model_name: str, checkpoint: str | None, data: StageData, se
         if Path(model_name, "config.json").exists():
             return model_name
     resolved = models.resolve_model_path(model_name, tiny_corpus(data, seed) if model_name in models.TINY_MODELS else None)
-    if recorded and recorded not in (model_name, resolved) and (
-            model_name not in (*models.TINY_MODELS, models.SMOLLM2) or Path(recorded).name != Path(resolved).name):
+    cached = model_name in (*models.TINY_MODELS, models.SMOLLM2)  # a folder named by its contents
+    if recorded and recorded not in (model_name, resolved) and not (cached and Path(recorded).name == Path(resolved).name):
         raise UsageError(f"{checkpoint} is an adapter on {recorded}, which is not here, and --base_model {model_name} is "
                          f"another model ({resolved}): pass the folder of {recorded} as --base_model")
     return resolved

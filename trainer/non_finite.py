@@ -2,9 +2,10 @@
 
 `StopOnNonFinite` is a mixin for `transformers.Trainer` subclasses (the S-DPO trainer and the SFT
 stage's `SFTTrainer`). After every micro-batch's backward pass it checks the loss and the gradients of
-the trainable parameters (the loss only under fp16, whose loss scaler handles overflowing gradients itself); the
-first NaN or infinity raises `NonFiniteError` before the optimizer applies it. The run stops there: checkpoints already written stay as they were, and the stage script
-never reaches the line that writes `final_checkpoint`, so no NaN model is ever saved as final.
+the trainable parameters (the loss only under fp16, whose loss scaler handles overflowing gradients itself);
+the first NaN or infinity raises `NonFiniteError` before the optimizer applies it. The run stops there:
+checkpoints already written stay as they were, and the stage script never reaches the line that writes
+`final_checkpoint`, so no NaN model is ever saved as final.
 
 The records of the failing batch are found by their token ids: a stage registers, for each training
 record, the unpadded ids of the column named by `record_ids_key` (`register_records`).
